@@ -1,0 +1,3 @@
+from belusim.cli import app
+
+app()

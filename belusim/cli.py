@@ -1,0 +1,160 @@
+"""The belusim command line."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from belusim.config import ConfigError, Scenario, resolve_scenario
+from belusim.paths import scenarios_dir
+
+app = typer.Typer(
+    help="Simulate LLM serving with KV caches in HBM, host DRAM, an RDMA pool or a CXL pool.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+err = Console(stderr=True)
+
+try:  # sub-apps live beside the layers they drive
+    from belusim.workloads.cli import trace_app
+
+    app.add_typer(trace_app, name="trace", help="Inspect and convert request traces.")
+except ImportError:  # pragma: no cover - only while a layer is being built
+    pass
+try:
+    from belusim.calibration.cli import calibrate_app
+
+    app.add_typer(calibrate_app, name="calibrate", help="Measure this machine and fit a calibration profile.")
+except ImportError:  # pragma: no cover
+    pass
+
+
+def find_scenario(name: str | None) -> Path:
+    """A path, or the name of a packaged scenario (with or without .yaml)."""
+    if name is None:
+        return scenarios_dir() / "quickstart.yaml"
+    p = Path(name)
+    if p.is_file():
+        return p
+    for cand in (scenarios_dir() / name, scenarios_dir() / f"{name}.yaml"):
+        if cand.is_file():
+            return cand
+    raise ConfigError(f"scenario {name!r} not found (not a file, not in {scenarios_dir()})")
+
+
+def load(name: str | None, overrides: list[str], calibration: str | None = None) -> tuple[Scenario, dict]:
+    return resolve_scenario(find_scenario(name), overrides, calibration)
+
+
+def _fail(msg: str) -> None:
+    err.print(f"[bold red]error:[/] {msg}", highlight=False, markup=True)
+    raise typer.Exit(2)
+
+
+def _fmt(x, digits=3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def print_results(report: dict, console: Console) -> None:
+    table = Table(title=f"belusim: {report['scenario']}")
+    for col in ["system", "phase", "done", "TTFT mean s", "TTFT p99 s", "TPOT mean ms", "TPOT p99 ms",
+                "QPS", "HBM hit", "tier hit"]:
+        left = col in ("system", "phase")
+        table.add_column(col, justify="left" if left else "right", no_wrap=left)
+    for d in report["details"]:
+        for s in d["summaries"]:
+            table.add_row(
+                s["system"], s["phase"], f"{s['completed']}/{s['requests']}",
+                _fmt(s["ttft_mean_s"]), _fmt(s["ttft_p99_s"]),
+                _fmt(s["tpot_mean_s"] * 1e3 if s["tpot_mean_s"] == s["tpot_mean_s"] else None, 1),
+                _fmt(s["tpot_p99_s"] * 1e3 if s["tpot_p99_s"] == s["tpot_p99_s"] else None, 1),
+                _fmt(s["qps"]), _fmt(s["hbm_hit_ratio"], 2), _fmt(s["tier_hit_ratio"], 2),
+            )
+    console.print(table)
+    for d in report["details"]:
+        console.print(
+            f"[dim]{d['system']}: {d['simulated_s']:.0f} s simulated in {d['wall_s']:.1f} s, "
+            f"{d['engine_steps']} engine steps, tier loads {d['transfers']['loads']}, "
+            f"saves {d['transfers']['saves']}[/]"
+        )
+
+
+@app.command()
+def run(
+    scenario: Optional[str] = typer.Argument(None, help="scenario file or packaged name (default: quickstart)"),
+    set_: list[str] = typer.Option([], "--set", help="override a field: path.to.field=value (repeatable)"),
+    systems: Optional[str] = typer.Option(None, "--systems", help="comma-separated subset of the scenario's systems"),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="calibration profile name or path"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write requests.csv, summary.json and the resolved scenario here"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON object"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines"),
+):
+    """Simulate every system of a scenario and print TTFT, TPOT and QPS per phase."""
+    from belusim.metrics import json_safe
+    from belusim.runner import run_scenario
+
+    try:
+        sc, resolved = load(scenario, set_, calibration)
+        names = [s.strip() for s in systems.split(",")] if systems else None
+        progress = None if quiet else (lambda msg: err.print(f"[dim]{msg}[/]"))
+        report = run_scenario(sc, resolved, names, out, progress)
+    except ConfigError as e:
+        _fail(str(e))
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    if as_json:
+        sys.stdout.write(json.dumps(json_safe({"scenario": report["scenario"], "results": report["results"]})) + "\n")
+    else:
+        print_results(report, Console(width=None if sys.stdout.isatty() else 132))
+        if out is not None:
+            Console().print(f"wrote {out}/requests.csv, {out}/summary.json, {out}/scenario.resolved.yaml")
+
+
+@app.command()
+def schema():
+    """Print the JSON schema of a resolved scenario (card fields also accept a card id)."""
+    sys.stdout.write(json.dumps(Scenario.model_json_schema(), indent=2) + "\n")
+
+
+@app.command()
+def show(
+    scenario: Optional[str] = typer.Argument(None, help="scenario file or packaged name"),
+    set_: list[str] = typer.Option([], "--set", help="override a field: path.to.field=value"),
+    calibration: Optional[str] = typer.Option(None, "--calibration"),
+):
+    """Print the fully resolved scenario (cards expanded, overrides applied)."""
+    import yaml
+
+    try:
+        _sc, resolved = load(scenario, set_, calibration)
+    except ConfigError as e:
+        _fail(str(e))
+    sys.stdout.write(yaml.safe_dump(resolved, sort_keys=False))
+
+
+@app.command("list")
+def list_():
+    """List the packaged scenarios and model cards."""
+    from belusim.config import CARD_KINDS, list_cards
+
+    console = Console()
+    console.print("[bold]scenarios[/]")
+    for p in sorted(scenarios_dir().rglob("*.yaml")):
+        console.print(f"  {p.relative_to(scenarios_dir())}")
+    for kind in CARD_KINDS:
+        console.print(f"[bold]{kind}[/]: {', '.join(list_cards(kind))}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

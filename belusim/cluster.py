@@ -1,0 +1,286 @@
+"""A cluster of instances behind one router, on one KV system, driven through phases.
+
+`simulate(scenario, system)` builds the SimPy world for one system, then plays the
+scenario's phases one after another on it (caches persist between phases), recording every
+request and checking conservation at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import simpy
+
+from belusim.compute import ComputeModel
+from belusim.config import GB, Scenario, SystemConfig
+from belusim.engine import Instance
+from belusim.kvpath import KVPaths
+from belusim.metrics import Recorder, summarize
+from belusim.policy.blocks import BlockPool
+from belusim.policy.request import Request, State
+from belusim.policy.router import Router
+from belusim.policy.scheduler import Scheduler
+from belusim.policy.tier import TierIndex
+from belusim.workloads import build_workload
+from belusim.workloads.spec import Workload
+
+
+class SimulationError(RuntimeError):
+    pass
+
+
+def hbm_kv_blocks(scenario: Scenario) -> int:
+    """KV blocks per instance: what gpu_memory_utilization leaves after the weights."""
+    eng, model, gpu = scenario.engine, scenario.model, scenario.gpu
+    if eng.kv_blocks is not None:
+        return eng.kv_blocks
+    budget = gpu.hbm_gb * GB * eng.gpu_memory_utilization - model.weight_bytes - eng.activation_reserve_gb * GB
+    block_bytes = model.kv_bytes_per_token * eng.block_size
+    blocks = int(budget // block_bytes)
+    if blocks <= 0:
+        raise SimulationError(
+            f"{model.id} ({model.weight_bytes / GB:.1f} GB of weights) leaves no KV cache on {gpu.id} "
+            f"at gpu_memory_utilization={eng.gpu_memory_utilization}"
+        )
+    return blocks
+
+
+@dataclass
+class SystemRun:
+    system: str
+    summaries: list[dict]
+    wall_s: float
+    sim_s: float
+    steps: int
+    step_events: int
+    link_utilisation: dict[str, float]
+    transfers: dict
+    checks: dict = field(default_factory=dict)
+
+
+class Cluster:
+    def __init__(self, scenario: Scenario, system: SystemConfig, recorder: Recorder):
+        self.sc = scenario
+        self.system = system
+        self.recorder = recorder
+        self.env = simpy.Environment()
+        kv = system.kv
+        self.paths = KVPaths(self.env, scenario, kv)
+        eng = scenario.engine
+        self.kv_blocks = hbm_kv_blocks(scenario)
+        self.tiers: list[TierIndex] = []
+        tier_for_server = {}
+        if kv.kind != "hbm-only":
+            if kv.chunk_tokens % eng.block_size:
+                raise SimulationError(f"chunk_tokens ({kv.chunk_tokens}) must be a multiple of block_size")
+            chunk_blocks = kv.chunk_tokens // eng.block_size
+            chunk_bytes = scenario.model.kv_bytes_per_token * kv.chunk_tokens
+            cap = int(kv.capacity_gb * GB // chunk_bytes)
+            if kv.kind == "local-dram":
+                for s in range(scenario.cluster.servers):
+                    tier_for_server[s] = TierIndex(f"{system.name}.dram{s}", cap, chunk_blocks)
+                self.tiers = list(tier_for_server.values())
+            else:
+                shared = TierIndex(f"{system.name}.pool", cap, chunk_blocks)
+                self.tiers = [shared]
+                tier_for_server = {s: shared for s in range(scenario.cluster.servers)}
+        compute = ComputeModel.build(scenario.model, scenario.gpu)
+        self.instances: list[Instance] = []
+        for i, place in enumerate(self.paths.places):
+            sched = Scheduler(
+                BlockPool(self.kv_blocks, eng.enable_prefix_caching),
+                eng.block_size,
+                eng.max_num_batched_tokens,
+                eng.max_num_seqs,
+                tier=tier_for_server.get(place.server),
+                load_mode=kv.load_mode,
+                save=kv.save,
+            )
+            self.instances.append(
+                Instance(self.env, i, place, sched, compute, self.paths, eng.decode_coalesce_steps,
+                         scenario.gpu.copy_kernel_compute_slowdown, self._finished)
+            )
+        self.router = Router(system.router, [inst.sched for inst in self.instances])
+        self._phase_left = 0
+        self._phase_done: simpy.Event | None = None
+        self._live: dict[int, Request] = {}
+        self.end_time = 0.0  # when the last request finished or the last save landed
+        self.submitted = 0
+        self.completed = 0
+        self.rejected = 0
+
+    # -- requests ----------------------------------------------------------------------
+    def _finished(self, req: Request) -> None:
+        self._live.pop(id(req), None)
+        if req.state is State.FINISHED:
+            self.completed += 1
+        self.end_time = max(self.end_time, self.env.now)
+        self.recorder.record(self.system.name, req)
+        cb = req.on_finish
+        if cb is not None:
+            cb(req)
+        self._phase_left -= 1
+        if self._phase_left == 0 and self._phase_done is not None:
+            self._phase_done.succeed()
+
+    def submit(self, spec, phase: str, on_finish=None) -> Request:
+        bs = self.sc.engine.block_size
+        keys = spec.block_keys.tolist()
+        if len(keys) != spec.prompt_tokens // bs:
+            raise SimulationError(
+                f"request {spec.req_id} ({spec.source}): {len(keys)} block keys for "
+                f"{spec.prompt_tokens} prompt tokens at block size {bs}"
+            )
+        req = Request(spec.req_id, spec.prompt_tokens, spec.output_tokens, keys, self.env.now, phase)
+        req.on_finish = on_finish
+        self.submitted += 1
+        idx = self.router.choose(req)
+        inst = self.instances[idx]
+        if not inst.sched.can_ever_fit(req):
+            req.state = State.REJECTED
+            req.instance = idx
+            req.reject_reason = (
+                f"prompt+output ({req.prompt_tokens}+{req.output_tokens} tokens) exceeds the "
+                f"instance's KV cache ({self.kv_blocks} blocks of {bs} tokens)"
+            )
+            self.rejected += 1
+            self._finished(req)
+            return req
+        self._live[id(req)] = req
+        inst.submit(req)
+        return req
+
+    # -- phases -------------------------------------------------------------------------
+    def _open_loop(self, wl: Workload, phase: str):
+        start = self.env.now
+        for spec in wl.requests:
+            delay = start + (spec.arrival_s or 0.0) - self.env.now
+            if delay > 0:
+                yield self.env.timeout(delay)
+            self.submit(spec, phase)
+
+    def _closed_loop(self, wl: Workload, phase: str):
+        it = iter(wl.requests)
+        env = self.env
+
+        def client():
+            for spec in it:
+                done = env.event()
+                self.submit(spec, phase, on_finish=lambda _r, done=done: done.succeed())
+                yield done
+                if wl.think_time_s > 0:
+                    yield env.timeout(wl.think_time_s)
+
+        for _ in range(max(1, wl.clients)):
+            env.process(client())
+        return
+        yield  # a generator, like _open_loop
+
+    def run_phase(self, phase: str, wl: Workload, max_time: float) -> None:
+        if not wl.requests:
+            raise SimulationError(f"phase {phase!r}: the workload has no requests")
+        self._phase_left = len(wl.requests)
+        self._phase_done = self.env.event()
+        if wl.mode == "closed":
+            self.env.process(self._closed_loop(wl, phase))
+        else:
+            self.env.process(self._open_loop(wl, phase))
+        deadline = self.env.timeout(max_time)
+        self.env.run(until=self._phase_done | deadline)
+        if not self._phase_done.triggered:
+            # Report what could not be served instead of dropping it.
+            for req in list(self._live.values()):
+                if req.phase == phase:
+                    self.recorder.record(self.system.name, req)
+            raise SimulationError(
+                f"phase {phase!r} did not finish within max_sim_time_s={max_time:g}: "
+                f"{self._phase_left} requests outstanding"
+            )
+
+    def clear_hbm(self) -> None:
+        for inst in self.instances:
+            inst.sched.clear_cache()
+
+    def drain(self) -> None:
+        """Let in-flight saves finish. Engines are idle, so only transfers remain; stepping
+        event by event stops before the phases' unused deadline timers."""
+        env = self.env
+        while self.paths.fabric.active_flows or any(i.pending_saves for i in self.instances):
+            env.step()
+        self.end_time = max(self.end_time, env.now)
+
+    def check(self) -> dict:
+        """Conservation at the end of a run."""
+        for inst in self.instances:
+            inst.sched.check()
+            if inst.sched.running or inst.sched.waiting:
+                raise AssertionError(f"instance {inst.index} still holds requests")
+            if inst.pending_saves:
+                raise AssertionError(f"instance {inst.index} has {inst.pending_saves} saves in flight")
+        for tier in self.tiers:
+            tier.check()
+        f = self.paths.fabric
+        if f.active_flows or f.flows_started != f.flows_finished:
+            raise AssertionError("flows still active at the end")
+        if not math.isclose(f.bytes_requested, f.bytes_delivered, rel_tol=1e-9, abs_tol=1.0):
+            raise AssertionError(f"bytes requested {f.bytes_requested} != delivered {f.bytes_delivered}")
+        if self._live:
+            raise AssertionError(f"{len(self._live)} requests neither finished nor reported")
+        if self.submitted != self.completed + self.rejected:
+            raise AssertionError("requests submitted != finished + rejected")
+        st = self.paths.stats
+        moved = st.load_bytes + st.save_bytes
+        return {
+            "requests_submitted": self.submitted,
+            "requests_finished": self.completed,
+            "requests_rejected": self.rejected,
+            "kv_blocks_in_use_at_end": sum(i.sched.pool.in_use for i in self.instances),
+            "bytes_requested": f.bytes_requested,
+            "bytes_delivered": f.bytes_delivered,
+            "tier_bytes_moved": moved,
+        }
+
+
+def simulate(scenario: Scenario, system: SystemConfig, recorder: Recorder, progress=None) -> SystemRun:
+    """Run every phase of the scenario on one system."""
+    t0 = time.perf_counter()
+    cluster = Cluster(scenario, system, recorder)
+    bs = scenario.engine.block_size
+    phase_starts = {}
+    for n, phase in enumerate(scenario.run.phases):
+        if phase.clear_hbm_cache:
+            cluster.clear_hbm()
+        wl_cfg = phase.workload or scenario.workload
+        wl = build_workload(wl_cfg, block_size=bs, seed=scenario.run.seed, base_dir=scenario.base_dir,
+                            phase=phase.name)
+        phase_starts[phase.name] = cluster.env.now
+        if progress:
+            progress(f"{system.name}: phase {phase.name} ({len(wl.requests)} requests)")
+        cluster.run_phase(phase.name, wl, scenario.run.max_sim_time_s)
+    cluster.drain()
+    checks = cluster.check()
+    sim_s = cluster.end_time
+    summaries = [summarize(recorder.rows, system.name, p.name) for p in scenario.run.phases]
+    st = cluster.paths.stats
+    transfers = {
+        "loads": st.loads, "saves": st.saves, "load_gb": st.load_bytes / GB, "save_gb": st.save_bytes / GB,
+        "mean_load_s": st.load_time_s / st.loads if st.loads else None,
+        "mean_save_s": st.save_time_s / st.saves if st.saves else None,
+        "rpc_calls": st.rpc_calls, "work_requests": st.work_requests,
+        "tier_evictions": sum(t.evictions for t in cluster.tiers),
+        "hbm_evictions": sum(i.sched.pool.evictions for i in cluster.instances),
+    }
+    return SystemRun(
+        system=system.name,
+        summaries=summaries,
+        wall_s=time.perf_counter() - t0,
+        sim_s=sim_s,
+        steps=sum(i.steps for i in cluster.instances),
+        step_events=sum(i.step_events for i in cluster.instances),
+        link_utilisation={k: v for k, v in sorted(cluster.paths.fabric.utilisation(sim_s).items())
+                          if v >= 0.001},
+        transfers=transfers,
+        checks=checks,
+    )

@@ -1,0 +1,587 @@
+"""Typed configuration: model cards, hardware parts, cluster, engine, KV systems, runs.
+
+A scenario is one YAML file. It names model cards by id (``gpu: h20``) or by id plus
+overrides (``gpu: {card: h20, hbm_gb: 80}``); `resolve_scenario` expands the cards, applies a
+calibration profile, then command-line ``--set`` overrides, then validates everything with
+pydantic so that an unknown key or a bad value fails with the file and the field path.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from belusim.paths import calibration_dir, models_dir
+from belusim.workloads.config import WorkloadConfig
+
+GB = 1e9
+KiB = 1024
+MiB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """Bad scenario, card or override. The message names the file and the field path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Card(_Strict):
+    """Base of every model card: an id and, per figure, where it comes from."""
+
+    id: str
+    description: str = ""
+    # figure name -> "paper: ...", "vendor: ...", "derived: ...", "assumed: ...", "measured: ..."
+    sources: dict[str, str] = Field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- model cards
+
+
+class LLMCard(Card):
+    layers: int = Field(gt=0)
+    hidden: int = Field(gt=0)
+    q_heads: int = Field(gt=0)
+    kv_heads: int = Field(gt=0)
+    head_dim: int = Field(gt=0)
+    ffn: int = Field(gt=0, description="FFN intermediate size (gated MLP: 3 matrices)")
+    vocab: int = Field(gt=0)
+    kv_dtype_bytes: float = Field(2, gt=0, description="bytes per KV element")
+    weight_bytes_per_param: float = Field(2, gt=0)
+    weight_gb: float | None = Field(None, gt=0, description="weights as loaded; derived from params if absent")
+
+    @property
+    def params_per_layer(self) -> int:
+        attn = self.hidden * self.q_heads * self.head_dim * 2 + self.hidden * self.kv_heads * self.head_dim * 2
+        return attn + 3 * self.hidden * self.ffn
+
+    @property
+    def params(self) -> int:
+        # Embedding and LM head counted once each (untied).
+        return self.layers * self.params_per_layer + 2 * self.vocab * self.hidden
+
+    @property
+    def linear_flops_per_token(self) -> float:
+        # Every weight but the embedding lookup does one multiply-add per token.
+        return 2.0 * (self.layers * self.params_per_layer + self.vocab * self.hidden)
+
+    @property
+    def weight_bytes(self) -> float:
+        if self.weight_gb is not None:
+            return self.weight_gb * GB
+        return self.params * self.weight_bytes_per_param
+
+    @property
+    def kv_bytes_per_token(self) -> float:
+        return 2 * self.layers * self.kv_heads * self.head_dim * self.kv_dtype_bytes
+
+    def fragment_bytes(self, block_size: int) -> float:
+        """One layer's K (or V) for one block: the unit the GPU keeps contiguous."""
+        return block_size * self.kv_heads * self.head_dim * self.kv_dtype_bytes
+
+    @property
+    def fragments_per_block(self) -> int:
+        return 2 * self.layers
+
+
+class GPUCard(Card):
+    hbm_gb: float = Field(gt=0)
+    hbm_gbps: float = Field(gt=0, description="HBM bandwidth, GB/s")
+    dense_bf16_tflops: float = Field(gt=0)
+    dense_fp8_tflops: float | None = Field(None, gt=0)
+    host_link_gbps: float = Field(gt=0, description="raw PCIe link per direction, GB/s")
+    host_h2d_gbps: float = Field(gt=0, description="large pinned host-to-GPU copies, GB/s")
+    host_d2h_gbps: float = Field(gt=0, description="large pinned GPU-to-host copies, GB/s")
+    pageable_h2d_gbps: float = Field(gt=0)
+    pageable_d2h_gbps: float = Field(gt=0)
+    memcpy_call_us: float = Field(ge=0, description="fixed cost of one cudaMemcpyAsync, back to back")
+    copy_kernel_launch_us: float = Field(ge=0, description="launch + completion sync of one copy kernel")
+    copy_kernel_gbps: float = Field(gt=0, description="the gather/scatter kernel's own top rate")
+    copy_kernel_compute_slowdown: float = Field(
+        0.0, ge=0, description="fractional slowdown of an engine step while a copy kernel runs"
+    )
+    linear_efficiency: float = Field(gt=0, le=1, description="fraction of dense peak reached by GEMMs")
+    attention_efficiency: float = Field(gt=0, le=1, description="fraction of dense peak reached by attention")
+    decode_bandwidth_efficiency: float = Field(gt=0, le=1, description="fraction of HBM bandwidth in decode")
+    step_overhead_us: float = Field(0.0, ge=0, description="fixed cost of one engine step (scheduling, launch)")
+    memcpy_uncacheable_threshold_kb: float = Field(
+        24.0, ge=0, description="cudaMemcpy from uncacheable host memory below this size is CPU-driven"
+    )
+    memcpy_uncacheable_small_us: float = Field(
+        1230.0, ge=0, description="cost of one such CPU-driven small copy"
+    )
+
+
+class HostCard(Card):
+    sockets: int = Field(2, gt=0)
+    dram_gb: float = Field(gt=0, description="per server")
+    dram_gbps_per_socket: float = Field(gt=0)
+    dram_latency_ns: float = Field(gt=0)
+    # Table 4 style costs of one 16 KB CPU transfer (microseconds).
+    ntstore_16k_us: float = Field(gt=0, description="16 KB non-temporal store + sfence")
+    cached_write_flush_16k_us: float = Field(gt=0, description="16 KB cached write + CLFLUSH")
+    flush_read_16k_us: float = Field(gt=0, description="16 KB CLFLUSH then read")
+    uncacheable_write_16k_us: float = Field(gt=0)
+    uncacheable_read_16k_us: float = Field(gt=0)
+    # Table 4, GPU copy kernel column: one 16 KB transfer, per visibility method.
+    gpu_uncacheable_write_16k_us: float = Field(gt=0, description="uncacheable region, DDIO off")
+    gpu_flush_write_16k_us: float = Field(gt=0, description="cached write + CLFLUSH")
+    gpu_uncacheable_read_16k_us: float = Field(gt=0)
+    gpu_flush_read_16k_us: float = Field(gt=0, description="CLFLUSH then read")
+
+
+class PCIeSwitchCard(Card):
+    uplink_gbps: float = Field(gt=0, description="switch-to-root-complex link per direction, GB/s")
+    hop_latency_us: float = Field(ge=0)
+
+
+class RootComplexCard(Card):
+    p2p_write_gbps_per_path: float = Field(gt=0, description="device-to-device writes through the RC, one path")
+    p2p_read_gbps_per_path: float = Field(gt=0, description="device-to-device reads through the RC, one path")
+    p2p_total_gbps: float = Field(gt=0, description="all peer-to-peer paths of one socket, per direction")
+
+
+class CXLAdapterCard(Card):
+    link_gbps: float = Field(gt=0, description="x16 link per direction after protocol overhead")
+    cpu_read_gbps: float = Field(gt=0)
+    cpu_write_gbps: float = Field(gt=0)
+    price_usd: float | None = None
+
+
+class CXLSwitchCard(Card):
+    forwarding_gbps: float = Field(gt=0, description="total forwarding capacity per direction")
+    access_latency_ns: float = Field(gt=0, description="64 B load through the switch, end to end")
+    lanes: int = Field(gt=0)
+    price_usd: float | None = None
+
+
+class CXLMemoryCard(Card):
+    capacity_gb: float = Field(gt=0)
+    bandwidth_gbps: float = Field(gt=0, description="one device, reads and writes together")
+
+
+class NICCard(Card):
+    ports: int = Field(gt=0)
+    port_gbps: float = Field(gt=0, description="GB/s per port per direction")
+    efficiency: float = Field(gt=0, le=1, description="payload share of line rate for large transfers")
+    latency_us: float = Field(ge=0, description="one-sided operation latency")
+    per_wr_us: float = Field(ge=0, description="CPU cost to post and complete one work request")
+    max_sge: int = Field(gt=0, description="scatter-gather entries per work request")
+    slice_kb: float = Field(gt=0, description="transfer engine slice size")
+    price_usd: float | None = None
+
+
+class NetworkSwitchCard(Card):
+    port_gbps: float = Field(gt=0)
+    latency_us: float = Field(ge=0)
+    price_usd: float | None = None
+
+
+class RPCCard(Card):
+    rtt_us: float = Field(gt=0, description="64 B request/reply round trip at queue depth 1")
+    server_mops: float = Field(gt=0, description="server throughput, million ops/s")
+
+
+CARD_KINDS: dict[str, type[Card]] = {
+    "llms": LLMCard,
+    "gpus": GPUCard,
+    "hosts": HostCard,
+    "pcie_switches": PCIeSwitchCard,
+    "root_complexes": RootComplexCard,
+    "cxl_adapters": CXLAdapterCard,
+    "cxl_switches": CXLSwitchCard,
+    "cxl_memories": CXLMemoryCard,
+    "nics": NICCard,
+    "network_switches": NetworkSwitchCard,
+    "rpcs": RPCCard,
+}
+
+
+class HardwareConfig(_Strict):
+    host: HostCard
+    pcie_switch: PCIeSwitchCard
+    root_complex: RootComplexCard
+    cxl_adapter: CXLAdapterCard
+    cxl_switch: CXLSwitchCard
+    cxl_memory: CXLMemoryCard
+    nic: NICCard
+    network_switch: NetworkSwitchCard
+    cxl_rpc: RPCCard
+    rdma_rpc: RPCCard
+
+
+# which folder of models/ each card-valued field reads from
+CARD_FIELDS: dict[str, str] = {
+    "model": "llms",
+    "gpu": "gpus",
+    "hardware.host": "hosts",
+    "hardware.pcie_switch": "pcie_switches",
+    "hardware.root_complex": "root_complexes",
+    "hardware.cxl_adapter": "cxl_adapters",
+    "hardware.cxl_switch": "cxl_switches",
+    "hardware.cxl_memory": "cxl_memories",
+    "hardware.nic": "nics",
+    "hardware.network_switch": "network_switches",
+    "hardware.cxl_rpc": "rpcs",
+    "hardware.rdma_rpc": "rpcs",
+}
+
+
+# --------------------------------------------------------------------------- cluster and engine
+
+
+class ClusterConfig(_Strict):
+    servers: int = Field(1, gt=0)
+    gpus_per_server: int = Field(8, gt=0)
+    tensor_parallel: int = Field(1, gt=0, description="GPUs per instance (only 1 is simulated now)")
+    gpus_per_pcie_switch: int = Field(2, gt=0)
+    cxl_adapters_per_server: int = Field(2, ge=0, description="one per socket in the paper's testbed")
+    cxl_devices: int = Field(32, ge=0, description="memory devices behind the CXL switch (whole pool)")
+    cxl_switches: int = Field(2, ge=0, description="switch chips in the CXL box")
+    nics_per_server: int = Field(4, ge=0)
+    # Prefill/decode disaggregation: how many instances of each server do prefill only.
+    prefill_instances_per_server: int | None = Field(
+        None, ge=0, description="None: every instance does both (no disaggregation)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ClusterConfig:
+        if self.tensor_parallel != 1:
+            raise ValueError("tensor_parallel > 1 is not simulated yet; use 1")
+        if self.prefill_instances_per_server is not None and self.prefill_instances_per_server >= self.gpus_per_server:
+            raise ValueError("prefill_instances_per_server must leave at least one decode instance per server")
+        return self
+
+    @property
+    def instances(self) -> int:
+        return self.servers * self.gpus_per_server // self.tensor_parallel
+
+
+class EngineConfig(_Strict):
+    block_size: int = Field(16, gt=0)
+    max_num_batched_tokens: int = Field(2048, gt=0)
+    max_num_seqs: int = Field(256, gt=0)
+    gpu_memory_utilization: float = Field(0.92, gt=0, le=1)
+    activation_reserve_gb: float = Field(0.0, ge=0, description="HBM held back for activations and graphs")
+    kv_blocks: int | None = Field(None, gt=0, description="override the number of HBM KV blocks")
+    enable_prefix_caching: bool = True
+    decode_coalesce_steps: int = Field(
+        512, ge=1, description="most decode steps simulated as one event when nothing else changes (1 = off)"
+    )
+
+
+KVKind = Literal["hbm-only", "local-dram", "rdma-pool", "cxl-pool"]
+
+
+class KVSystemConfig(_Strict):
+    kind: KVKind = "hbm-only"
+    capacity_gb: float = Field(2000.0, gt=0, description="pool size (local-dram: per server)")
+    chunk_tokens: int = Field(16, gt=0, description="granularity of the tier: 16 native, 256 LMCache-like")
+    copy_method: Literal["gather-kernel", "memcpy-per-fragment"] = Field(
+        "gather-kernel", description="how the GPU side moves a batch of fragmented blocks"
+    )
+    coherence: Literal["uncacheable", "flush", "none"] = Field(
+        "uncacheable", description="CXL visibility method for GPU copies (Table 4)"
+    )
+    interleave: bool = Field(True, description="stripe pool data over devices and adapters")
+    stripe_mb: float = Field(2.0, gt=0)
+    load_mode: Literal["async", "layerwise"] = "async"
+    save: bool = True
+    metadata_rpc: Literal["auto", "cxl-slots", "rdma", "none"] = "auto"
+    rpc_keys_per_call: int = Field(64, gt=0, description="keys batched into one metadata RPC")
+    pipeline_chunks: int = Field(4, gt=0, description="bounce-buffer path: chunks staged per pipeline unit")
+    staging_gather: bool = Field(
+        True, description="bounce-buffer path gathers a chunk contiguously on the GPU before the NIC"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> KVSystemConfig:
+        if self.kind == "cxl-pool" and self.copy_method == "memcpy-per-fragment" and self.coherence == "uncacheable":
+            # cudaMemcpy from uncacheable memory falls back to CPU-driven copies (beluga.md §2).
+            pass
+        return self
+
+
+class RouterConfig(_Strict):
+    policy: Literal["round-robin", "least-loaded", "cache-aware"] = "round-robin"
+    load_cap: float = Field(
+        1.5, gt=1, description="cache-aware: skip an instance whose load exceeds this x the least loaded + 1 prompt"
+    )
+    use_tier_hits: bool = Field(False, description="cache-aware: count pool hits too (they are equal everywhere)")
+
+
+class SystemConfig(_Strict):
+    name: str
+    kv: KVSystemConfig = Field(default_factory=KVSystemConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    description: str = ""
+
+
+class PhaseConfig(_Strict):
+    name: str
+    workload: WorkloadConfig | None = Field(None, description="None: the scenario's workload (same prompts)")
+    clear_hbm_cache: bool = Field(False, description="restart the engines (empty HBM cache) before the phase")
+
+
+class RunConfig(_Strict):
+    seed: int = 1
+    phases: list[PhaseConfig] = Field(
+        default_factory=lambda: [PhaseConfig(name="populate"), PhaseConfig(name="hit")]
+    )
+    max_sim_time_s: float = Field(7 * 24 * 3600.0, gt=0, description="stop a phase that runs longer than this")
+
+
+class Scenario(_Strict):
+    name: str
+    description: str = ""
+    model: LLMCard
+    gpu: GPUCard
+    hardware: HardwareConfig
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    systems: list[SystemConfig] = Field(min_length=1)
+    workload: WorkloadConfig
+    run: RunConfig = Field(default_factory=RunConfig)
+    calibration: str | None = Field(None, description="calibration profile name or path")
+    # Where relative paths in the scenario (trace files) are resolved from.
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @property
+    def base_dir(self) -> Path:
+        return self._base_dir
+
+    @model_validator(mode="after")
+    def _unique_systems(self) -> Scenario:
+        names = [s.name for s in self.systems]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"system names must be unique, repeated: {sorted(dup)}")
+        return self
+
+    def system(self, name: str) -> SystemConfig:
+        for s in self.systems:
+            if s.name == name:
+                return s
+        raise ConfigError(f"scenario {self.name!r} has no system {name!r}; it has {[s.name for s in self.systems]}")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def list_cards(kind: str) -> list[str]:
+    folder = models_dir() / kind
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def load_card_dict(kind: str, card_id: str) -> dict:
+    path = models_dir() / kind / f"{card_id}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no {kind} card {card_id!r} (looked in {path.parent}); available: {list_cards(kind)}")
+    data = _read_yaml(path)
+    data.setdefault("id", card_id)
+    return data
+
+
+def load_card(kind: str, card_id: str) -> Card:
+    data = load_card_dict(kind, card_id)
+    try:
+        return CARD_KINDS[kind].model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation(e, models_dir() / kind / f"{card_id}.yaml")) from None
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _get_path(data: dict, dotted: str) -> Any:
+    cur: Any = data
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+# The paper's testbed parts, used where a scenario names none.
+DEFAULT_HARDWARE: dict[str, str] = {
+    "host": "xeon-8575c",
+    "pcie_switch": "gen5-x16",
+    "root_complex": "xeon-8575c",
+    "cxl_adapter": "pcie5-x16-cxl",
+    "cxl_switch": "xconn-xc50256",
+    "cxl_memory": "ddr5-256g",
+    "nic": "cx7-2x200",
+    "network_switch": "roce-400g",
+    "cxl_rpc": "cxl-shared-slots",
+    "rdma_rpc": "rdma-rc",
+}
+
+
+def _expand_cards(raw: dict, where: str) -> dict:
+    data = copy.deepcopy(raw)
+    hw = data.setdefault("hardware", {})
+    if not isinstance(hw, dict):
+        raise ConfigError(f"{where}: field 'hardware' must be a mapping of part -> card id")
+    for part, card_id in DEFAULT_HARDWARE.items():
+        hw.setdefault(part, card_id)
+    for dotted, kind in CARD_FIELDS.items():
+        parent_path, _, leaf = dotted.rpartition(".")
+        parent = _get_path(data, parent_path) if parent_path else data
+        if not isinstance(parent, dict) or leaf not in parent:
+            continue
+        ref = parent[leaf]
+        if isinstance(ref, str):
+            parent[leaf] = load_card_dict(kind, ref)
+        elif isinstance(ref, dict) and "card" in ref:
+            over = {k: v for k, v in ref.items() if k != "card"}
+            base = load_card_dict(kind, ref["card"])
+            merged = deep_merge(base, over)
+            if over:
+                merged["id"] = over.get("id", f"{base['id']}+overrides")
+            parent[leaf] = merged
+        elif not isinstance(ref, dict):
+            raise ConfigError(f"{where}: field '{dotted}' must be a card id or a mapping, got {ref!r}")
+    return data
+
+
+def set_path(data: dict, dotted: str, value: Any, where: str = "--set") -> None:
+    """Set a dotted path; list items of `systems`/`phases` can be named by their `name`."""
+    parts = dotted.split(".")
+    cur: Any = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(cur, list):
+            idx = None
+            if part.isdigit() and int(part) < len(cur):
+                idx = int(part)
+            else:
+                for j, item in enumerate(cur):
+                    if isinstance(item, dict) and item.get("name") == part:
+                        idx = j
+                        break
+            if idx is None:
+                raise ConfigError(f"{where}: '{dotted}': no list item named {part!r}")
+            if last:
+                cur[idx] = value
+            else:
+                cur = cur[idx]
+            continue
+        if not isinstance(cur, dict):
+            raise ConfigError(f"{where}: '{dotted}': '{'.'.join(parts[:i])}' is not a mapping")
+        if last:
+            cur[part] = value
+        else:
+            if part not in cur or cur[part] is None:
+                cur[part] = {}
+            cur = cur[part]
+
+
+def parse_set(items: list[str]) -> list[tuple[str, Any]]:
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected path.to.field=value")
+        key, _, text = item.partition("=")
+        try:
+            value = yaml.safe_load(text) if text != "" else ""
+        except yaml.YAMLError:
+            value = text
+        out.append((key.strip(), value))
+    return out
+
+
+def find_profile(name_or_path: str, base_dir: Path | None = None) -> Path:
+    p = Path(name_or_path)
+    candidates = [p]
+    if base_dir is not None and not p.is_absolute():
+        candidates.append(base_dir / p)
+    stem = p.name if p.suffix == ".json" else f"{p.name}.json"
+    candidates.append(calibration_dir() / stem)
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise ConfigError(f"calibration profile {name_or_path!r} not found (looked at {[str(c) for c in candidates]})")
+
+
+def load_profile_overrides(path: Path) -> dict[str, Any]:
+    """The fitted parameters of a calibration profile as {dotted.path: value}."""
+    try:
+        prof = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: invalid JSON: {e}") from None
+    fitted = prof.get("fitted")
+    if not isinstance(fitted, dict):
+        raise ConfigError(f"{path}: a calibration profile needs a 'fitted' mapping of dotted.path -> value")
+    out = {}
+    for key, v in fitted.items():
+        out[key] = v["value"] if isinstance(v, dict) and "value" in v else v
+    return out
+
+
+def _format_validation(err: ValidationError, where: Path | str) -> str:
+    lines = [f"{where}: invalid scenario"]
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"])
+        lines.append(f"  {loc}: {e['msg']}" + (f" (got {e['input']!r})" if e["type"] != "missing" else ""))
+    return "\n".join(lines)
+
+
+def resolve_scenario(
+    source: Path | dict,
+    overrides: list[str] | None = None,
+    calibration: str | None = None,
+) -> tuple[Scenario, dict]:
+    """Load, expand cards, calibrate, override, validate. Returns the scenario and its resolved dict."""
+    if isinstance(source, dict):
+        raw, where, base_dir = source, "<scenario>", Path.cwd()
+    else:
+        path = Path(source)
+        raw, where, base_dir = _read_yaml(path), str(path), path.resolve().parent
+    data = _expand_cards(raw, where)
+    cal = calibration or data.get("calibration")
+    if cal:
+        prof = find_profile(cal, base_dir)
+        for key, value in load_profile_overrides(prof).items():
+            set_path(data, key, value, where=str(prof))
+            _note_source(data, key, f"measured: calibration profile {prof.name}")
+        data["calibration"] = str(cal)
+    for key, value in parse_set(overrides or []):
+        set_path(data, key, value)
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation(e, where)) from None
+    scenario._base_dir = base_dir
+    return scenario, data
+
+
+def _note_source(data: dict, dotted: str, note: str) -> None:
+    parent_path, _, leaf = dotted.rpartition(".")
+    parent = _get_path(data, parent_path) if parent_path else None
+    if isinstance(parent, dict) and isinstance(parent.get("sources"), dict):
+        parent["sources"][leaf] = note

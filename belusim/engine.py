@@ -1,0 +1,157 @@
+"""One serving instance as a SimPy process: schedule a step, run it, apply it, repeat.
+
+Pure-decode stretches are simulated many steps at a time: while nothing but context length
+changes, step j of a batch of B requests takes a + b x (C0 + j x B), so m steps have a closed
+form. An arrival or a finished load cuts the stretch at the end of the step in progress.
+"""
+
+from __future__ import annotations
+
+import math
+
+import simpy
+
+from belusim.compute import ComputeModel
+from belusim.kvpath import GPUPlace, KVPaths
+from belusim.policy.request import Request
+from belusim.policy.scheduler import Load, Save, Scheduler
+
+
+class Instance:
+    def __init__(self, env: simpy.Environment, index: int, place: GPUPlace, sched: Scheduler,
+                 compute: ComputeModel, paths: KVPaths, coalesce_steps: int, kernel_slowdown: float,
+                 on_finish, role: str = "mixed"):
+        self.env = env
+        self.index = index
+        self.place = place
+        self.sched = sched
+        self.compute = compute
+        self.paths = paths
+        self.coalesce = coalesce_steps
+        self.kernel_slowdown = kernel_slowdown
+        self.on_finish = on_finish
+        self.role = role  # mixed | prefill | decode
+        self._wake: simpy.Event | None = None
+        self.steps = 0
+        self.step_events = 0
+        self.busy_time = 0.0
+        self.pending_saves = 0
+        # Copy kernels take SMs from compute: a step overlapping one runs slower by
+        # kernel_slowdown x the overlap. Estimated when the copy is issued, at the kernel's
+        # nominal rate, so that the step's length is known when it starts.
+        self._copy_busy_until = 0.0
+        self.process = env.process(self.run())
+
+    def submit(self, req: Request) -> None:
+        req.instance = self.index
+        self.sched.add(req)
+        self.notify()
+
+    def notify(self) -> None:
+        if self._wake is not None and not self._wake.triggered:
+            self._wake.succeed()
+
+    def _copy_issued(self, nblocks: int) -> None:
+        if not self.kernel_slowdown or self.paths.kv.copy_method != "gather-kernel":
+            return
+        gpu = self.paths.sc.gpu
+        dur = gpu.copy_kernel_launch_us * 1e-6 + nblocks * self.paths.block_bytes / (gpu.copy_kernel_gbps * 1e9)
+        self._copy_busy_until = max(self._copy_busy_until, self.env.now) + dur
+
+    def _with_interference(self, t: float) -> float:
+        overlap = min(t, self._copy_busy_until - self.env.now)
+        return t + self.kernel_slowdown * overlap if overlap > 0 else t
+
+    def run(self):
+        env, sched = self.env, self.sched
+        while True:
+            plan = sched.schedule(env.now)
+            waits = []
+            for load in plan.loads:
+                load.request.load_start = env.now
+                self._copy_issued(load.num_blocks)
+                proc = env.process(self._load(load, plan.layerwise))
+                if plan.layerwise:
+                    waits.append(proc)
+            if not plan.scheduled:
+                if waits:
+                    yield env.all_of(waits)
+                    continue
+                self._wake = env.event()
+                yield self._wake
+                self._wake = None
+                continue
+            start = env.now
+            rpc = self.paths.lookup_time(plan.lookups, 0, env.now) if plan.lookups else 0.0
+            if plan.pure_decode and self.coalesce > 1 and not waits:
+                k = sched.decode_horizon(self.coalesce)
+                if k > 1:
+                    yield from self._decode_stretch(plan, k, rpc)
+                    self.busy_time += env.now - start
+                    continue
+            t = rpc + self._with_interference(
+                self.compute.step_time(plan.tokens, plan.prefill_units, plan.decode_context))
+            if waits:
+                yield env.all_of([env.timeout(t), *waits])
+            else:
+                yield env.timeout(t)
+            self.steps += 1
+            self.step_events += 1
+            self.busy_time += env.now - start
+            _firsts, finished, saves = sched.step_done(plan, env.now)
+            for save in saves:
+                self.pending_saves += 1
+                self._copy_issued(len(save.keys) * self.sched.tier.chunk_blocks)
+                env.process(self._save(save))
+            for req in finished:
+                self.on_finish(req)
+
+    def _decode_stretch(self, plan, k: int, rpc: float):
+        env = self.env
+        batch, c0 = len(plan.scheduled), plan.decode_context
+        a, b = self.compute.decode_run(batch, c0)
+        # interference is taken at the stretch's start and spread over it
+        base = k * a + b * (k * c0 + batch * k * (k - 1) / 2)
+        slow = self._with_interference(base) / base if base > 0 else 1.0
+
+        def elapsed(m: int) -> float:
+            return rpc + slow * (m * a + b * (m * c0 + batch * m * (m - 1) / 2))
+
+        self._wake = wake = env.event()
+        start = env.now
+        yield env.timeout(elapsed(k)) | wake
+        self._wake = None
+        steps = k
+        if wake.triggered and env.now - start < elapsed(k):
+            # Finish the step in progress, then hand back to the scheduler.
+            gone = env.now - start
+            steps = _steps_covering(elapsed, gone, k)
+            yield env.timeout(max(0.0, elapsed(steps) - gone))
+        self.steps += steps
+        self.step_events += 1
+        for req in self.sched.advance_decode(plan, steps, env.now):
+            self.on_finish(req)
+
+    def _load(self, load: Load, layerwise: bool):
+        yield from self.paths.load(self.place, load)
+        load.request.load_end = self.env.now
+        if not layerwise:
+            self.sched.load_done(load)
+            self.notify()
+
+    def _save(self, save: Save):
+        yield from self.paths.save(self.place, save)
+        self.sched.tier.end_save(save.keys)
+        self.pending_saves -= 1
+
+
+def _steps_covering(elapsed, t: float, k: int) -> int:
+    """The smallest m in [1, k] with elapsed(m) >= t (elapsed is increasing)."""
+    lo, hi = 1, k
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if elapsed(mid) >= t:
+            hi = mid
+        else:
+            lo = mid + 1
+    return max(1, lo) if not math.isnan(t) else 1

@@ -1,0 +1,193 @@
+"""Flows on links: a fluid model of transfers sharing capacity max-min fairly.
+
+A transfer is one or more flows; each flow crosses a list of links and may carry a rate cap
+of its own (a copy kernel's top speed, say). Whenever a flow starts or ends, every active
+flow's rate is recomputed by progressive filling (max-min fairness), so completion times are
+exact for piecewise-constant sharing. Fixed costs (latencies, launches, per-operation CPU
+work) are added by the caller around `flow()`; this module only moves bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import simpy
+
+_EPS_BYTES = 1e-3  # a flow with less left than this is done (float drift)
+
+
+@dataclass(eq=False, slots=True)
+class Link:
+    """One direction of a link (or both, for a half-duplex part such as a memory device)."""
+
+    name: str
+    capacity: float  # bytes per second
+    flows: set = field(default_factory=set)
+    bytes_carried: float = 0.0
+    busy_time: float = 0.0  # time with at least one flow
+    _busy_since: float = -1.0
+
+    def __repr__(self) -> str:
+        return f"Link({self.name}, {self.capacity / 1e9:.1f} GB/s)"
+
+
+@dataclass(eq=False, slots=True)
+class Flow:
+    nbytes: float
+    links: tuple
+    cap: float  # the flow's own rate limit (bytes/s), inf if none
+    done: simpy.Event
+    remaining: float = 0.0
+    rate: float = 0.0
+    started: float = 0.0
+
+
+class Fabric:
+    """All links of a simulated system and the flows on them."""
+
+    def __init__(self, env: simpy.Environment):
+        self.env = env
+        self.links: dict[str, Link] = {}
+        self._active: list[Flow] = []
+        self._last_update = 0.0
+        self._generation = 0
+        self.bytes_requested = 0.0
+        self.bytes_delivered = 0.0
+        self.flows_started = 0
+        self.flows_finished = 0
+
+    # -- topology -------------------------------------------------------------------
+    def add_link(self, name: str, gbps: float) -> Link:
+        if name in self.links:
+            raise ValueError(f"duplicate link {name!r}")
+        if not gbps > 0:
+            raise ValueError(f"link {name!r} needs a positive capacity, got {gbps}")
+        link = Link(name, gbps * 1e9)
+        self.links[name] = link
+        return link
+
+    def link(self, name: str) -> Link:
+        return self.links[name]
+
+    # -- flows ----------------------------------------------------------------------
+    def flow(self, nbytes: float, links, cap_gbps: float = math.inf) -> simpy.Event:
+        """Start moving nbytes over links; the returned event fires when the last byte lands."""
+        done = self.env.event()
+        self.bytes_requested += nbytes
+        self.flows_started += 1
+        if nbytes <= 0:
+            self.flows_finished += 1
+            done.succeed(0.0)
+            return done
+        links = tuple(links)
+        if not links and not math.isfinite(cap_gbps):
+            raise ValueError("a flow needs at least one link or a finite rate cap")
+        self._advance()
+        f = Flow(nbytes, links, cap_gbps * 1e9, done, remaining=nbytes, started=self.env.now)
+        for link in links:
+            if not link.flows:
+                link._busy_since = self.env.now
+            link.flows.add(f)
+        self._active.append(f)
+        self._reschedule()
+        return done
+
+    def _advance(self) -> None:
+        """Move every active flow forward to now at its current rate."""
+        now = self.env.now
+        dt = now - self._last_update
+        self._last_update = now
+        if dt <= 0:
+            return
+        for f in self._active:
+            moved = f.rate * dt
+            f.remaining -= moved
+            for link in f.links:
+                link.bytes_carried += moved
+
+    def _reschedule(self) -> None:
+        self._finish_done()
+        self._assign_rates()
+        if not self._active:
+            return
+        # Next event: the earliest completion at the new rates.
+        dt = min(f.remaining / f.rate for f in self._active)
+        self._generation += 1
+        gen = self._generation
+        ev = self.env.timeout(max(dt, 0.0))
+        ev.callbacks.append(lambda _e, gen=gen: self._on_timer(gen))
+
+    def _on_timer(self, gen: int) -> None:
+        if gen != self._generation:
+            return  # a later start or finish already rescheduled
+        self._advance()
+        self._reschedule()
+
+    def _finish_done(self) -> None:
+        now = self.env.now
+        keep = []
+        for f in self._active:
+            if f.remaining <= _EPS_BYTES or (f.rate > 0 and f.remaining / f.rate < 1e-12):
+                for link in f.links:
+                    link.bytes_carried += f.remaining
+                    link.flows.discard(f)
+                    if not link.flows:
+                        link.busy_time += now - link._busy_since
+                self.bytes_delivered += f.nbytes
+                self.flows_finished += 1
+                f.remaining = 0.0
+                f.done.succeed(now - f.started)
+            else:
+                keep.append(f)
+        self._active = keep
+
+    def _assign_rates(self) -> None:
+        """Progressive filling: raise all unfrozen rates together until a link or cap binds."""
+        unfrozen = set(self._active)
+        spare = {}
+        for f in self._active:
+            f.rate = 0.0
+            for link in f.links:
+                spare[link] = link.capacity
+        while unfrozen:
+            # the smallest fair increment any link or flow cap allows
+            counts: dict[Link, int] = {}
+            for f in unfrozen:
+                for link in f.links:
+                    counts[link] = counts.get(link, 0) + 1
+            inc = math.inf
+            for link, n in counts.items():
+                inc = min(inc, spare[link] / n)
+            for f in unfrozen:
+                inc = min(inc, f.cap - f.rate)
+            inc = max(inc, 0.0)
+            for f in unfrozen:
+                f.rate += inc
+            for link, n in counts.items():
+                spare[link] -= inc * n
+            # freeze flows on saturated links or at their caps
+            saturated = {link for link, n in counts.items() if spare[link] <= link.capacity * 1e-12}
+            frozen = [
+                f
+                for f in unfrozen
+                if (f.cap < math.inf and f.cap - f.rate <= f.cap * 1e-12) or any(link in saturated for link in f.links)
+            ]
+            if not frozen:  # numerical safety: cannot happen with exact arithmetic
+                break
+            unfrozen.difference_update(frozen)
+
+    # -- accounting ----------------------------------------------------------------
+    @property
+    def active_flows(self) -> int:
+        return len(self._active)
+
+    def utilisation(self, makespan: float) -> dict[str, float]:
+        """Mean utilisation of each link that carried bytes over [0, makespan]."""
+        if makespan <= 0:
+            return {}
+        return {
+            name: link.bytes_carried / (link.capacity * makespan)
+            for name, link in self.links.items()
+            if link.bytes_carried > 0
+        }

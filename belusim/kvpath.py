@@ -1,0 +1,338 @@
+"""KV data paths: the links of a cluster and how a tier load or save crosses them.
+
+Link names say where they are and which way data moves: ``.store`` toward the host or the
+pool, ``.load`` toward the GPU; NICs have ``.tx`` and ``.rx``; memory (a CXL device, a
+socket's DRAM) is half duplex and has one link for both ways.
+
+Paths, per kind of tier (beluga.md §1, §4):
+  local-dram  GPU link -> PCIe switch uplink -> socket DRAM (DMA to memory: no P2P cap)
+  cxl-pool    GPU link -> PCIe switch uplink -> Root Complex P2P (per path and per socket)
+              -> CXL adapter -> CXL switch -> memory devices
+  rdma-pool   two steps through a pinned bounce buffer in host DRAM: GPU <-> DRAM, then
+              DRAM <-> NICs <-> network <-> NICs <-> the home server's DRAM, driven by one
+              CPU thread per instance that posts work requests and polls completions
+
+Interleaved pool data spreads evenly over all devices and both adapters, so the devices are
+modelled as one link of their summed bandwidth and a transfer splits evenly over the
+adapters; without interleaving, chunks fill the devices one after another and each device is
+its own link (the first device becomes the queue, as in the paper's skew experiment).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import simpy
+
+from belusim.config import GB, KVSystemConfig, Scenario
+from belusim.fabric import Fabric, Link
+from belusim.policy.scheduler import Load, Save
+
+KB16 = 16 * 1024
+
+
+@dataclass
+class GPUPlace:
+    """Where one instance's GPU sits."""
+
+    server: int
+    gpu: int
+    pcie_switch: int
+    socket: int
+    name: str = ""
+    poller: simpy.Resource | None = None  # the RDMA connector's CPU thread
+    kernel_link_store: Link | None = None
+    kernel_link_load: Link | None = None
+
+
+@dataclass
+class RPCServer:
+    """A metadata server as a FIFO single server: O(1) per call, no SimPy process."""
+
+    rtt_s: float
+    service_s: float
+    free_at: float = 0.0
+    calls: int = 0
+
+    def call(self, now: float, n: int = 1) -> float:
+        """Seconds until n back-to-back calls issued now have their replies."""
+        if n <= 0:
+            return 0.0
+        start = max(now, self.free_at)
+        self.free_at = start + n * self.service_s
+        self.calls += n
+        return (self.free_at - now) + self.rtt_s
+
+
+@dataclass
+class TransferStats:
+    loads: int = 0
+    saves: int = 0
+    load_bytes: float = 0.0
+    save_bytes: float = 0.0
+    load_time_s: float = 0.0
+    save_time_s: float = 0.0
+    rpc_calls: int = 0
+    work_requests: int = 0
+    breakdown: dict = field(default_factory=lambda: {"launch": 0.0, "coherence": 0.0, "rpc": 0.0, "cpu": 0.0})
+
+
+class KVPaths:
+    """The cluster's links and the load/save procedures of one KV system."""
+
+    def __init__(self, env: simpy.Environment, scenario: Scenario, kv: KVSystemConfig):
+        self.env = env
+        self.sc = scenario
+        self.kv = kv
+        self.fabric = Fabric(env)
+        self.stats = TransferStats()
+        hw, cl, gpu = scenario.hardware, scenario.cluster, scenario.gpu
+        self.block_bytes = scenario.model.kv_bytes_per_token * scenario.engine.block_size
+        self.fragment_bytes = scenario.model.fragment_bytes(scenario.engine.block_size)
+        self.fragments_per_block = scenario.model.fragments_per_block
+        self.places: list[GPUPlace] = []
+        n_psw = max(1, math.ceil(cl.gpus_per_server / cl.gpus_per_pcie_switch))
+        sockets = hw.host.sockets
+        f = self.fabric
+        for s in range(cl.servers):
+            for sock in range(sockets):
+                f.add_link(f"s{s}.dram{sock}", hw.host.dram_gbps_per_socket)
+                f.add_link(f"s{s}.rc{sock}.p2p.store", hw.root_complex.p2p_total_gbps)
+                f.add_link(f"s{s}.rc{sock}.p2p.load", hw.root_complex.p2p_total_gbps)
+            for k in range(n_psw):
+                f.add_link(f"s{s}.psw{k}.store", hw.pcie_switch.uplink_gbps)
+                f.add_link(f"s{s}.psw{k}.load", hw.pcie_switch.uplink_gbps)
+                for a in range(cl.cxl_adapters_per_server):
+                    f.add_link(f"s{s}.psw{k}.adp{a}.store", hw.root_complex.p2p_write_gbps_per_path)
+                    f.add_link(f"s{s}.psw{k}.adp{a}.load", hw.root_complex.p2p_read_gbps_per_path)
+            for a in range(cl.cxl_adapters_per_server):
+                f.add_link(f"s{s}.adp{a}.store", hw.cxl_adapter.link_gbps)
+                f.add_link(f"s{s}.adp{a}.load", hw.cxl_adapter.link_gbps)
+            if cl.nics_per_server:
+                nic = hw.nic
+                nic_gbps = cl.nics_per_server * nic.ports * nic.port_gbps * nic.efficiency
+                f.add_link(f"s{s}.nics.tx", nic_gbps)
+                f.add_link(f"s{s}.nics.rx", nic_gbps)
+            for g in range(cl.gpus_per_server):
+                k = g // cl.gpus_per_pcie_switch
+                place = GPUPlace(s, g, k, k * sockets // n_psw, name=f"s{s}.gpu{g}")
+                f.add_link(f"s{s}.gpu{g}.store", gpu.host_d2h_gbps)
+                f.add_link(f"s{s}.gpu{g}.load", gpu.host_h2d_gbps)
+                # The copy kernel's own top rate, shared by the kernels of one GPU.
+                place.kernel_link_store = f.add_link(f"s{s}.gpu{g}.kernel.store", gpu.copy_kernel_gbps)
+                place.kernel_link_load = f.add_link(f"s{s}.gpu{g}.kernel.load", gpu.copy_kernel_gbps)
+                place.poller = simpy.Resource(env, capacity=1)
+                self.places.append(place)
+        if cl.cxl_devices:
+            f.add_link("cxlsw.store", hw.cxl_switch.forwarding_gbps * cl.cxl_switches)
+            f.add_link("cxlsw.load", hw.cxl_switch.forwarding_gbps * cl.cxl_switches)
+            f.add_link("cxl.devices", hw.cxl_memory.bandwidth_gbps * cl.cxl_devices)
+            for d in range(cl.cxl_devices):
+                f.add_link(f"cxl.dev{d}", hw.cxl_memory.bandwidth_gbps)
+        self._chunk_device: dict[int, int] = {}
+        self._chunks_placed = 0
+        rpc = hw.cxl_rpc if self._rpc_kind() == "cxl-slots" else hw.rdma_rpc
+        self.rpc = RPCServer(rpc.rtt_us * 1e-6, 1.0 / (rpc.server_mops * 1e6))
+
+    # -- helpers -------------------------------------------------------------------------
+    def _rpc_kind(self) -> str:
+        if self.kv.metadata_rpc != "auto":
+            return self.kv.metadata_rpc
+        return {"cxl-pool": "cxl-slots", "rdma-pool": "rdma"}.get(self.kv.kind, "none")
+
+    def lookup_time(self, lookups: int, keys: int, now: float) -> float:
+        """Metadata RPCs of the tier lookups done while scheduling one step (blocking)."""
+        if lookups == 0 or self._rpc_kind() == "none":
+            return 0.0
+        calls = lookups * max(1, math.ceil(keys / self.kv.rpc_keys_per_call))
+        self.stats.rpc_calls += calls
+        t = self.rpc.call(now, calls)
+        self.stats.breakdown["rpc"] += t
+        return t
+
+    def _links(self, *names: str) -> list[Link]:
+        return [self.fabric.links[n] for n in names]
+
+    def _cxl_device_for(self, key: int) -> int:
+        dev = self._chunk_device.get(key)
+        if dev is None:
+            cap = self.sc.hardware.cxl_memory.capacity_gb * GB
+            chunk_bytes = self.block_bytes * self._chunk_blocks
+            dev = int(self._chunks_placed * chunk_bytes // cap) % self.sc.cluster.cxl_devices
+            self._chunk_device[key] = dev
+            self._chunks_placed += 1
+        return dev
+
+    @property
+    def _chunk_blocks(self) -> int:
+        return max(1, self.kv.chunk_tokens // self.sc.engine.block_size)
+
+    # -- GPU-side copy costs ----------------------------------------------------------------
+    def _gpu_copy_fixed(self, nblocks: int, direction: str, pool_is_cxl: bool) -> tuple[float, float]:
+        """(launch seconds, coherence seconds) for moving nblocks of fragmented KV."""
+        gpu, host = self.sc.gpu, self.sc.hardware.host
+        nbytes = nblocks * self.block_bytes
+        if self.kv.copy_method == "gather-kernel":
+            launch = gpu.copy_kernel_launch_us * 1e-6
+        else:
+            calls = nblocks * self.fragments_per_block
+            per_call = gpu.memcpy_call_us
+            if pool_is_cxl and self.kv.coherence == "uncacheable" and self.fragment_bytes < gpu.memcpy_uncacheable_threshold_kb * 1024:
+                per_call = gpu.memcpy_uncacheable_small_us  # CPU-driven fallback (beluga.md §2)
+            launch = calls * per_call * 1e-6
+        coherence = 0.0
+        if pool_is_cxl and self.kv.coherence == "flush":
+            # Table 4, GPU column: flush-based visibility costs this much more than an
+            # uncacheable region per 16 KB moved.
+            if direction == "store":
+                extra = host.gpu_flush_write_16k_us - host.gpu_uncacheable_write_16k_us
+            else:
+                extra = host.gpu_flush_read_16k_us - host.gpu_uncacheable_read_16k_us
+            coherence = max(0.0, extra) * 1e-6 * nbytes / KB16
+        return launch, coherence
+
+    # -- procedures (SimPy generators) ------------------------------------------------------
+    def load(self, place: GPUPlace, load: Load):
+        nbytes = load.num_blocks * self.block_bytes
+        t0 = self.env.now
+        keys = load.request.keys[load.first_block:load.first_block + load.num_blocks]
+        yield from self._move(place, nbytes, load.num_blocks, "load", keys)
+        self.stats.loads += 1
+        self.stats.load_bytes += nbytes
+        self.stats.load_time_s += self.env.now - t0
+
+    def save(self, place: GPUPlace, save: Save):
+        nblocks = len(save.chunk_indexes) * self._chunk_blocks
+        nbytes = nblocks * self.block_bytes
+        t0 = self.env.now
+        yield from self._move(place, nbytes, nblocks, "store", save.keys)
+        if self._rpc_kind() != "none":
+            calls = max(1, math.ceil(len(save.keys) / self.kv.rpc_keys_per_call))
+            self.stats.rpc_calls += calls
+            t = self.rpc.call(self.env.now, calls)
+            self.stats.breakdown["rpc"] += t
+            yield self.env.timeout(t)
+        self.stats.saves += 1
+        self.stats.save_bytes += nbytes
+        self.stats.save_time_s += self.env.now - t0
+
+    def _move(self, place: GPUPlace, nbytes: float, nblocks: int, direction: str, keys: list[int]):
+        kind = self.kv.kind
+        if kind == "local-dram":
+            yield from self._gpu_host_copy(place, nbytes, nblocks, direction, pool_is_cxl=False)
+        elif kind == "cxl-pool":
+            yield from self._cxl_copy(place, nbytes, nblocks, direction, keys)
+        elif kind == "rdma-pool":
+            yield from self._rdma_copy(place, nbytes, nblocks, direction, keys)
+        else:
+            raise ValueError(f"KV system {kind!r} has no external tier")
+
+    def _kernel_or_memcpy(self, place: GPUPlace, flows_links: list[tuple[float, list[Link]]], nblocks: int,
+                          direction: str, pool_is_cxl: bool, latency_s: float):
+        launch, coherence = self._gpu_copy_fixed(nblocks, direction, pool_is_cxl)
+        self.stats.breakdown["launch"] += launch
+        self.stats.breakdown["coherence"] += coherence
+        extra = []
+        if self.kv.copy_method == "gather-kernel":
+            extra = [place.kernel_link_store if direction == "store" else place.kernel_link_load]
+        yield self.env.timeout(launch + latency_s)
+        yield self.env.all_of([self.fabric.flow(b, links + extra) for b, links in flows_links])
+        if coherence:
+            yield self.env.timeout(coherence)
+
+    def _gpu_host_copy(self, place: GPUPlace, nbytes: float, nblocks: int, direction: str, pool_is_cxl: bool):
+        s, g, k, sock = place.server, place.gpu, place.pcie_switch, place.socket
+        links = self._links(f"s{s}.gpu{g}.{direction}", f"s{s}.psw{k}.{direction}", f"s{s}.dram{sock}")
+        hw = self.sc.hardware
+        latency = hw.host.dram_latency_ns * 1e-9 + hw.pcie_switch.hop_latency_us * 1e-6
+        yield from self._kernel_or_memcpy(place, [(nbytes, links)], nblocks, direction, pool_is_cxl, latency)
+
+    def _cxl_copy(self, place: GPUPlace, nbytes: float, nblocks: int, direction: str, keys: list[int]):
+        s, g, k, sock = place.server, place.gpu, place.pcie_switch, place.socket
+        cl, hw = self.sc.cluster, self.sc.hardware
+        if cl.cxl_adapters_per_server == 0 or cl.cxl_devices == 0:
+            raise ValueError("a cxl-pool system needs cxl_adapters_per_server > 0 and cxl_devices > 0")
+        sockets = hw.host.sockets
+        if self.kv.interleave:
+            adapters = list(range(cl.cxl_adapters_per_server))
+            shares = [(a, nbytes / len(adapters), "cxl.devices") for a in adapters]
+        else:
+            # the socket-local adapter; each chunk lives on one device
+            a = next((a for a in range(cl.cxl_adapters_per_server) if a % sockets == sock), 0)
+            per_dev: dict[int, float] = {}
+            chunk_bytes = self.block_bytes * self._chunk_blocks
+            for key in keys or [0]:
+                d = self._cxl_device_for(key)
+                per_dev[d] = per_dev.get(d, 0.0) + chunk_bytes
+            scale = nbytes / sum(per_dev.values())
+            shares = [(a, b * scale, f"cxl.dev{d}") for d, b in per_dev.items()]
+        flows = []
+        for a, b, dev in shares:
+            a_sock = a % sockets
+            names = [
+                f"s{s}.gpu{g}.{direction}",
+                f"s{s}.psw{k}.{direction}",
+                f"s{s}.rc{a_sock}.p2p.{direction}",
+                f"s{s}.psw{k}.adp{a}.{direction}",
+                f"s{s}.adp{a}.{direction}",
+                f"cxlsw.{direction}",
+                dev,
+            ]
+            flows.append((b, self._links(*names)))
+        latency = hw.cxl_switch.access_latency_ns * 1e-9
+        yield from self._kernel_or_memcpy(place, flows, nblocks, direction, True, latency)
+
+    def _home_server(self, keys: list[int]) -> int:
+        # Mooncake places each object on a pool server by its key; a batch follows its first key.
+        return (keys[0] if keys else 0) % self.sc.cluster.servers
+
+    def _rdma_copy(self, place: GPUPlace, nbytes: float, nblocks: int, direction: str, keys: list[int]):
+        """Pipelined two-step transfer through the bounce buffer, `pipeline_chunks` chunks a unit."""
+        kv, nic, hw = self.kv, self.sc.hardware.nic, self.sc.hardware
+        if self.sc.cluster.nics_per_server == 0:
+            raise ValueError("an rdma-pool system needs nics_per_server > 0")
+        unit_blocks = max(1, kv.pipeline_chunks * self._chunk_blocks)
+        units = []
+        left = nblocks
+        while left > 0:
+            units.append(min(unit_blocks, left))
+            left -= units[-1]
+        per_block = nbytes / nblocks if nblocks else 0.0
+        home = self._home_server(keys)
+        s = place.server
+        net_links = (
+            self._links(f"s{s}.dram{place.socket}", f"s{s}.nics.tx", f"s{home}.nics.rx", f"s{home}.dram0")
+            if direction == "store"
+            else self._links(f"s{home}.dram0", f"s{home}.nics.tx", f"s{s}.nics.rx", f"s{s}.dram{place.socket}")
+        )
+        net_latency = (nic.latency_us + hw.network_switch.latency_us) * 1e-6
+
+        def network(unit: int):
+            b = unit * per_block
+            if kv.staging_gather:
+                wrs = math.ceil(b / (nic.slice_kb * 1024))
+            else:
+                wrs = unit * math.ceil(self.fragments_per_block / nic.max_sge)
+            cpu = wrs * nic.per_wr_us * 1e-6
+            self.stats.work_requests += wrs
+            self.stats.breakdown["cpu"] += cpu
+            with place.poller.request() as req:
+                yield req
+                # the thread posts, then polls until the NIC reports completion
+                yield self.env.all_of([self.env.timeout(cpu), self.fabric.flow(b, net_links)])
+                yield self.env.timeout(net_latency)
+
+        def staging(unit: int):
+            yield from self._gpu_host_copy(place, unit * per_block, unit, direction, pool_is_cxl=False)
+
+        # Two-stage pipeline: the next unit's first step overlaps this unit's second.
+        first, second = (staging, network) if direction == "store" else (network, staging)
+        prev = None
+        for unit in units:
+            yield self.env.process(first(unit))
+            if prev is not None:
+                yield prev
+            prev = self.env.process(second(unit))
+        if prev is not None:
+            yield prev

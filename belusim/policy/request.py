@@ -1,0 +1,97 @@
+"""A request's life inside one engine."""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+
+
+class State(Enum):
+    WAITING = "waiting"
+    LOADING = "loading"  # waiting for its KV from the external tier
+    RUNNING = "running"
+    FINISHED = "finished"
+    REJECTED = "rejected"
+
+
+class Request:
+    __slots__ = (
+        "req_id",
+        "phase",
+        "prompt_tokens",
+        "output_tokens",
+        "keys",
+        "state",
+        "num_computed",
+        "num_output",
+        "cached_keys",
+        "private_blocks",
+        "hbm_hit_tokens",
+        "tier_hit_tokens",
+        "looked_up",
+        "saved_chunks",
+        "preemptions",
+        "instance",
+        "arrival",
+        "admitted",
+        "load_start",
+        "load_end",
+        "first_token",
+        "finish",
+        "reject_reason",
+        "prefill_only",
+        "on_finish",
+        "lookup_s",
+    )
+
+    def __init__(self, req_id: int, prompt_tokens: int, output_tokens: int, keys: list[int], arrival: float,
+                 phase: str = ""):
+        if prompt_tokens <= 0 or output_tokens <= 0:
+            raise ValueError(f"request {req_id}: prompt and output tokens must be positive")
+        self.req_id = req_id
+        self.phase = phase
+        self.prompt_tokens = prompt_tokens
+        self.output_tokens = output_tokens
+        self.keys = keys  # chain keys of the prompt's full blocks
+        self.state = State.WAITING
+        self.num_computed = 0  # tokens whose KV is in HBM
+        self.num_output = 0  # tokens sampled so far
+        self.cached_keys: list[int] = []  # cached HBM blocks this request holds, in prefix order
+        self.private_blocks = 0
+        self.hbm_hit_tokens = 0
+        self.tier_hit_tokens = 0
+        self.looked_up = False
+        self.saved_chunks = 0  # leading tier chunks known stored (or being stored)
+        self.preemptions = 0
+        self.instance = -1
+        self.arrival = arrival
+        self.admitted = math.nan
+        self.load_start = math.nan
+        self.load_end = math.nan
+        self.first_token = math.nan
+        self.finish = math.nan
+        self.reject_reason = ""
+        self.prefill_only = False  # disaggregated prefill: stop after the first token
+        self.on_finish = None  # callback(request), set by the cluster
+        self.lookup_s = 0.0
+
+    @property
+    def known_tokens(self) -> int:
+        """Tokens the model has seen or sampled: the prompt plus the output so far."""
+        return self.prompt_tokens + self.num_output
+
+    @property
+    def blocks_held(self) -> int:
+        return len(self.cached_keys) + self.private_blocks
+
+    @property
+    def is_decoding(self) -> bool:
+        return self.known_tokens - self.num_computed == 1 and self.num_output > 0
+
+    @property
+    def remaining_outputs(self) -> int:
+        return self.output_tokens - self.num_output
+
+    def __repr__(self) -> str:
+        return (f"Request({self.req_id}, {self.state.value}, prompt={self.prompt_tokens}, "
+                f"computed={self.num_computed}, out={self.num_output}/{self.output_tokens})")

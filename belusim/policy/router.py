@@ -1,0 +1,38 @@
+"""The global scheduler: which instance serves a new request."""
+
+from __future__ import annotations
+
+from belusim.config import RouterConfig
+from belusim.policy.request import Request
+from belusim.policy.scheduler import Scheduler
+
+
+class Router:
+    def __init__(self, cfg: RouterConfig, schedulers: list[Scheduler]):
+        if not schedulers:
+            raise ValueError("a router needs at least one instance")
+        self.cfg = cfg
+        self.scheds = schedulers
+        self._next = 0
+
+    def choose(self, req: Request) -> int:
+        policy = self.cfg.policy
+        if policy == "round-robin":
+            i = self._next
+            self._next = (i + 1) % len(self.scheds)
+            return i
+        loads = [s.outstanding_tokens for s in self.scheds]
+        if policy == "least-loaded":
+            return min(range(len(loads)), key=loads.__getitem__)
+        # cache-aware: the longest cached prefix among instances not much busier than the least loaded
+        floor = min(loads)
+        cap = self.cfg.load_cap * floor + req.prompt_tokens + req.output_tokens
+        best, best_key = 0, None
+        for i, s in enumerate(self.scheds):
+            if loads[i] > cap:
+                continue
+            hit = s.pool.match_prefix(req.keys, len(req.keys))
+            key = (hit, -loads[i])
+            if best_key is None or key > best_key:
+                best, best_key = i, key
+        return best

@@ -1,0 +1,351 @@
+"""One instance's step scheduler, after vLLM V1.
+
+Each step has one token budget. Running requests go first (a decode takes one token, an
+unfinished prefill its next chunk); then waiting requests are admitted first come, first
+served while budget, sequence slots and KV blocks last. When blocks run out the newest
+running request is preempted: its blocks are freed and it is recomputed later. A request is
+one rule throughout: it is scheduled for `known_tokens - num_computed` tokens (capped by the
+budget), and when its computed tokens reach its known tokens the step samples one more.
+
+At admission the scheduler asks the HBM prefix cache, then the external tier, how much of
+the prompt is already computed. A tier hit is loaded before the request runs (async mode:
+the request waits in LOADING while the others step) or during its first forward pass
+(layerwise mode). New full prompt chunks are handed out for saving after each step.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from belusim.policy.blocks import BlockPool
+from belusim.policy.request import Request, State
+from belusim.policy.tier import TierIndex
+
+
+def blocks_for(tokens: int, block_size: int) -> int:
+    return -(-tokens // block_size)
+
+
+@dataclass(slots=True)
+class Load:
+    request: Request
+    first_block: int
+    num_blocks: int
+
+
+@dataclass(slots=True)
+class Save:
+    request: Request
+    chunk_indexes: list[int]
+    keys: list[int]
+
+
+@dataclass(slots=True)
+class StepPlan:
+    scheduled: list = field(default_factory=list)  # (request, tokens) pairs
+    tokens: int = 0
+    prefill_units: float = 0.0  # sum of n x (c + n/2) over prefill chunks
+    decode_context: int = 0  # KV tokens read by decoding requests
+    loads: list = field(default_factory=list)  # Load, started now
+    layerwise: bool = False  # loads must finish before this step ends
+    admitted: int = 0
+    preempted: int = 0
+    lookups: int = 0  # tier lookups done while scheduling (metadata RPCs)
+
+    @property
+    def pure_decode(self) -> bool:
+        return (
+            self.admitted == 0
+            and self.preempted == 0
+            and not self.loads
+            and self.prefill_units == 0
+            and self.tokens == len(self.scheduled)
+            and self.tokens > 0
+        )
+
+
+class Scheduler:
+    def __init__(
+        self,
+        pool: BlockPool,
+        block_size: int,
+        max_num_batched_tokens: int,
+        max_num_seqs: int,
+        tier: TierIndex | None = None,
+        load_mode: str = "async",
+        save: bool = True,
+    ):
+        self.pool = pool
+        self.bs = block_size
+        self.budget = max_num_batched_tokens
+        self.max_seqs = max_num_seqs
+        self.tier = tier
+        self.load_mode = load_mode
+        self.save_enabled = save and tier is not None
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.loading = 0
+        self.outstanding_tokens = 0  # router's load signal: prompt + output tokens not yet done
+
+    # -- intake ------------------------------------------------------------------------
+    def can_ever_fit(self, req: Request) -> bool:
+        return blocks_for(req.prompt_tokens + req.output_tokens, self.bs) <= self.pool.num_blocks
+
+    def add(self, req: Request) -> None:
+        req.state = State.WAITING
+        self.waiting.append(req)
+        self.outstanding_tokens += req.prompt_tokens + req.output_tokens
+
+    @property
+    def idle(self) -> bool:
+        return not self.running and not self.waiting
+
+    @property
+    def num_requests(self) -> int:
+        return len(self.running) + len(self.waiting)
+
+    # -- one step ------------------------------------------------------------------------
+    def schedule(self, now: float) -> StepPlan:
+        plan = StepPlan()
+        budget = self.budget
+        pool, bs = self.pool, self.bs
+
+        i = 0
+        while i < len(self.running) and budget > 0:
+            req = self.running[i]
+            n = min(req.known_tokens - req.num_computed, budget)
+            need = blocks_for(req.num_computed + n, bs) - req.blocks_held
+            while need > pool.free:
+                victim = self.running[-1]
+                self._preempt(victim)
+                plan.preempted += 1
+                if victim is req:
+                    break
+            if req.state is not State.RUNNING:
+                break  # preempted itself: nothing left to make room with
+            pool.allocate(need)
+            req.private_blocks += need
+            self._account(plan, req, n)
+            budget -= n
+            i += 1
+
+        if plan.preempted == 0:
+            skipped = []
+            while self.waiting and budget > 0 and len(self.running) < self.max_seqs:
+                req = self.waiting[0]
+                if req.state is State.LOADING:
+                    skipped.append(self.waiting.popleft())
+                    continue
+                if not req.looked_up:
+                    self._lookup(req, plan)
+                    if req.state is State.LOADING:  # async load started; others may still fit
+                        skipped.append(self.waiting.popleft())
+                        continue
+                    if req.looked_up is False:  # not enough blocks even for the hit
+                        break
+                n = min(req.known_tokens - req.num_computed, budget)
+                need = blocks_for(req.num_computed + n, bs) - req.blocks_held
+                if need > pool.free:
+                    break
+                self.waiting.popleft()
+                pool.allocate(need)
+                req.private_blocks += need
+                req.state = State.RUNNING
+                if req.admitted != req.admitted:  # NaN: first admission
+                    req.admitted = now
+                self.running.append(req)
+                plan.admitted += 1
+                self._account(plan, req, n)
+                budget -= n
+            self.waiting.extendleft(reversed(skipped))
+        return plan
+
+    def _set_computed(self, req: Request, tokens: int) -> None:
+        """Move num_computed, keeping the router's outstanding-token count in step."""
+        p = req.prompt_tokens
+        self.outstanding_tokens -= min(tokens, p) - min(req.num_computed, p)
+        req.num_computed = tokens
+
+    def _account(self, plan: StepPlan, req: Request, n: int) -> None:
+        plan.scheduled.append((req, n))
+        plan.tokens += n
+        c = req.num_computed
+        if req.known_tokens - c == 1 and req.num_output > 0:
+            plan.decode_context += c + 1
+        else:
+            plan.prefill_units += n * (c + n / 2)
+
+    def _lookup(self, req: Request, plan: StepPlan) -> None:
+        """Prefix hits at (re)admission: HBM first, then the tier. Sets req.looked_up only
+        once the blocks for the hit are held."""
+        pool, bs = self.pool, self.bs
+        # At least one prompt token is always computed, so the last full block may not count.
+        limit = (req.known_tokens - 1) // bs
+        limit = min(limit, len(req.keys))
+        hbm = pool.match_prefix(req.keys, limit)
+        ext = 0
+        if self.tier is not None:
+            plan.lookups += 1
+            ext = max(0, self.tier.match(req.keys, limit) - hbm)
+        if hbm + ext == 0:
+            req.looked_up = True
+            return
+        if ext and ext + hbm > pool.free:
+            # Cannot hold the loaded blocks now; try again next step.
+            req.looked_up = False
+            return
+        pool.acquire_cached(req.keys[:hbm])
+        req.cached_keys = list(req.keys[:hbm])
+        if req.preemptions == 0:
+            req.hbm_hit_tokens = hbm * bs
+            req.tier_hit_tokens = ext * bs
+        self._set_computed(req, hbm * bs)
+        req.looked_up = True
+        if ext:
+            pool.allocate(ext)
+            req.private_blocks += ext
+            load = Load(req, hbm, ext)
+            plan.loads.append(load)
+            if self.load_mode == "layerwise":
+                plan.layerwise = True
+                self._loaded(req, hbm, ext)
+            else:
+                req.state = State.LOADING
+                self.loading += 1
+
+    def _loaded(self, req: Request, first: int, n: int) -> None:
+        for key in req.keys[first:first + n]:
+            if self.pool.promote(key):
+                req.cached_keys.append(key)
+                req.private_blocks -= 1
+        self._set_computed(req, (first + n) * self.bs)
+
+    def load_done(self, load: Load) -> None:
+        """An async load finished: the request may run from the next step on."""
+        req = load.request
+        self._loaded(req, load.first_block, load.num_blocks)
+        req.state = State.WAITING
+        self.loading -= 1
+
+    def _preempt(self, req: Request) -> None:
+        self.running.remove(req)
+        self.pool.release(req.cached_keys, req.private_blocks)
+        req.cached_keys = []
+        req.private_blocks = 0
+        self._set_computed(req, 0)
+        req.looked_up = False
+        req.preemptions += 1
+        req.state = State.WAITING
+        self.waiting.appendleft(req)
+
+    # -- after a step ----------------------------------------------------------------------
+    def step_done(self, plan: StepPlan, now: float) -> tuple[list[Request], list[Request], list[Save]]:
+        """Apply a finished step. Returns (first-token requests, finished requests, saves)."""
+        firsts, finished, saves = [], [], []
+        bs = self.bs
+        for req, n in plan.scheduled:
+            if req.state is not State.RUNNING:
+                continue
+            before = req.num_computed
+            self._set_computed(req, before + n)
+            if req.num_computed >= req.known_tokens:
+                req.num_output += 1
+                self.outstanding_tokens -= 1
+                if req.num_output == 1:
+                    req.first_token = now
+                    firsts.append(req)
+            # Cache the prompt blocks that just became full.
+            full = min(req.num_computed, req.prompt_tokens) // bs
+            done = min(before, req.prompt_tokens) // bs
+            if full > done:
+                pool = self.pool
+                for key in req.keys[done:full]:
+                    if pool.promote(key):
+                        req.cached_keys.append(key)
+                        req.private_blocks -= 1
+                if self.save_enabled:
+                    save = self._save_for(req, full)
+                    if save is not None:
+                        saves.append(save)
+            if req.num_output >= req.output_tokens or (req.prefill_only and req.num_output >= 1):
+                self._finish(req, now)
+                finished.append(req)
+        return firsts, finished, saves
+
+    def _save_for(self, req: Request, full_blocks: int) -> Save | None:
+        tier = self.tier
+        upto_chunk = full_blocks // tier.chunk_blocks
+        if upto_chunk <= req.saved_chunks:
+            return None
+        idx = tier.wanted(req.keys, full_blocks, req.saved_chunks)
+        req.saved_chunks = upto_chunk
+        if not idx:
+            return None
+        c = tier.chunk_blocks
+        keys = [req.keys[(i + 1) * c - 1] for i in idx]
+        tier.begin_save(keys)
+        return Save(req, idx, keys)
+
+    def _finish(self, req: Request, now: float) -> None:
+        self.running.remove(req)
+        self.pool.release(req.cached_keys, req.private_blocks)
+        # a disaggregated prefill leaves its decode tokens to another instance
+        self.outstanding_tokens -= req.output_tokens - req.num_output
+        req.cached_keys = []
+        req.private_blocks = 0
+        req.state = State.FINISHED
+        req.finish = now
+
+    # -- many decode steps at once -----------------------------------------------------------
+    def decode_horizon(self, max_steps: int) -> int:
+        """How many pure-decode steps (the first already planned and allocated) can run
+        before anything but the context lengths changes: a finish, or running out of blocks."""
+        if not self.running:
+            return 0
+        k = min(max_steps, min(r.remaining_outputs for r in self.running))
+        if k <= 1:
+            return 1
+        free, bs = self.pool.free, self.bs
+
+        def extra_blocks(m: int) -> int:
+            # blocks beyond what step 1 already allocated, for m steps in all
+            return sum(blocks_for(r.num_computed + m, bs) - r.blocks_held for r in self.running)
+
+        if extra_blocks(k) <= free:
+            return k
+        lo, hi = 1, k  # extra_blocks(1) == 0 <= free
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if extra_blocks(mid) <= free:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+    def advance_decode(self, plan: StepPlan, steps: int, now: float) -> list[Request]:
+        """Apply `steps` pure-decode steps of `plan`'s batch; returns the finished requests."""
+        bs, pool = self.bs, self.pool
+        extra = steps - 1
+        finished = []
+        for req, _n in plan.scheduled:
+            if extra:
+                need = blocks_for(req.num_computed + steps, bs) - req.blocks_held
+                pool.allocate(need)
+                req.private_blocks += need
+            req.num_computed += steps
+            req.num_output += steps
+            self.outstanding_tokens -= steps  # context growth is past the prompt: only outputs count
+            if req.num_output >= req.output_tokens:
+                self._finish(req, now)
+                finished.append(req)
+        return finished
+
+    def clear_cache(self) -> None:
+        self.pool.clear_cache()
+
+    def check(self) -> None:
+        self.pool.check()
+        held = sum(r.blocks_held for r in self.running) + sum(r.blocks_held for r in self.waiting)
+        if held != self.pool.in_use:
+            raise AssertionError(f"KV blocks leaked: requests hold {held}, pool counts {self.pool.in_use}")
