@@ -77,6 +77,8 @@ class Instance:
                 if waits:
                     yield env.all_of(waits)
                     continue
+                if plan.preempted:
+                    continue  # the step preempted everything it had: admit afresh
                 self._wake = env.event()
                 yield self._wake
                 self._wake = None

@@ -41,30 +41,43 @@ class BlockPool:
     def contains(self, key: int) -> bool:
         return key in self.refcount or key in self.lru
 
-    def match_prefix(self, keys: list[int], limit: int) -> int:
-        """How many leading keys (at most `limit`) are resident."""
+    def match_prefix(self, keys: list[int], limit: int, start: int = 0) -> int:
+        """How many leading keys (at most `limit`) are resident. `start` skips keys the
+        caller knows are resident (nothing was evicted since it last looked)."""
         if not self.caching:
             return 0
-        n = 0
+        n = start
         refcount, lru = self.refcount, self.lru
-        for key in keys[:limit]:
+        while n < limit:
+            key = keys[n]
             if key in refcount or key in lru:
                 n += 1
             else:
                 break
         return n
 
+    def count_unreferenced(self, keys: list[int]) -> int:
+        """Of these resident keys, how many nobody holds (taking them costs free blocks)."""
+        lru = self.lru
+        if not lru:
+            return 0
+        refcount = self.refcount
+        return len(keys) - sum(1 for k in keys if k in refcount)
+
     # -- changes ---------------------------------------------------------------------
     def acquire_cached(self, keys: list[int]) -> None:
         """Take references on resident cached blocks (a prefix hit)."""
+        refcount, lru = self.refcount, self.lru
+        taken = 0
         for key in keys:
-            n = self.refcount.get(key)
+            n = refcount.get(key)
             if n is None:
-                del self.lru[key]  # KeyError here means the caller skipped match_prefix
-                self.refcount[key] = 1
-                self.in_use += 1
+                del lru[key]  # KeyError here means the caller skipped match_prefix
+                refcount[key] = 1
+                taken += 1
             else:
-                self.refcount[key] = n + 1
+                refcount[key] = n + 1
+        self.in_use += taken
 
     def allocate(self, n: int) -> None:
         """Take n fresh private blocks, evicting unreferenced cached blocks if needed."""
@@ -78,30 +91,38 @@ class BlockPool:
             self.evictions += 1
         self.in_use += n
 
-    def promote(self, key: int) -> bool:
-        """A private block became full with content `key`: cache it. False if `key` is
-        already cached by someone else (then the block stays private, as in vLLM)."""
-        if not self.caching or key in self.refcount or key in self.lru:
-            return False
-        self.refcount[key] = 1
-        return True
+    def promote(self, keys: list[int]) -> list[int]:
+        """Private blocks became full with these contents: cache them. Returns the keys
+        cached; a key already cached by someone else stays private, as in vLLM."""
+        if not self.caching:
+            return []
+        refcount, lru = self.refcount, self.lru
+        if not lru:  # fast path: only held keys can collide
+            new = [k for k in keys if k not in refcount]
+        else:
+            new = [k for k in keys if k not in refcount and k not in lru]
+        refcount.update(dict.fromkeys(new, 1))
+        return new
 
     def release(self, cached_keys: list[int], private: int) -> None:
         """Return a request's blocks; deepest first, so its tail is evicted before its head."""
+        refcount = self.refcount
+        unheld = []
         for key in reversed(cached_keys):
-            n = self.refcount[key] - 1
+            n = refcount[key] - 1
             if n:
-                self.refcount[key] = n
+                refcount[key] = n
             else:
-                del self.refcount[key]
-                self.lru[key] = None
-                self.in_use -= 1
-        self.in_use -= private
+                del refcount[key]
+                unheld.append(key)
+        self.lru.update(dict.fromkeys(unheld))
+        self.in_use -= len(unheld) + private
         if self.in_use < 0:
             raise AssertionError("block accounting went negative")
 
     def clear_cache(self) -> None:
         """Drop every unreferenced cached block (an engine restart empties HBM)."""
+        self.evictions += len(self.lru)
         self.lru.clear()
 
     def check(self) -> None:

@@ -42,6 +42,7 @@ class Request:
         "prefill_only",
         "on_finish",
         "lookup_s",
+        "probe",
     )
 
     def __init__(self, req_id: int, prompt_tokens: int, output_tokens: int, keys: list[int], arrival: float,
@@ -74,6 +75,9 @@ class Request:
         self.prefill_only = False  # disaggregated prefill: stop after the first token
         self.on_finish = None  # callback(request), set by the cluster
         self.lookup_s = 0.0
+        # last prefix probe (hbm blocks, tier blocks, evictions seen): a waiting request that
+        # is probed again resumes the walk where it stopped if nothing was evicted since
+        self.probe = (0, 0, -1, -1)
 
     @property
     def known_tokens(self) -> int:

@@ -131,35 +131,47 @@ class Scheduler:
             i += 1
 
         if plan.preempted == 0:
-            skipped = []
-            while self.waiting and budget > 0 and len(self.running) < self.max_seqs:
-                req = self.waiting[0]
-                if req.state is State.LOADING:
+            budget = self._admit(plan, budget, now)
+            if not plan.scheduled and not self.running and not self.loading and self.waiting:
+                # Only loaded-but-unstarted requests hold blocks and none fits: give their
+                # blocks back (newest first) so that the head can run; they reload later.
+                for req in reversed(self.waiting):
+                    if req is not self.waiting[0] and req.blocks_held:
+                        self._release_waiting(req)
+                self._admit(plan, budget, now)
+        return plan
+
+    def _admit(self, plan: StepPlan, budget: int, now: float) -> int:
+        """FCFS admission. A request takes its blocks all at once or not at all."""
+        pool, bs = self.pool, self.bs
+        skipped = []
+        while self.waiting and budget > 0 and len(self.running) < self.max_seqs:
+            req = self.waiting[0]
+            if req.state is State.LOADING:
+                skipped.append(self.waiting.popleft())
+                continue
+            if not req.looked_up:
+                if not self._lookup(req, plan):
+                    break  # its hit and first chunk do not fit yet
+                if req.state is State.LOADING:  # an async load started; others may still fit
                     skipped.append(self.waiting.popleft())
                     continue
-                if not req.looked_up:
-                    self._lookup(req, plan)
-                    if req.state is State.LOADING:  # async load started; others may still fit
-                        skipped.append(self.waiting.popleft())
-                        continue
-                    if req.looked_up is False:  # not enough blocks even for the hit
-                        break
-                n = min(req.known_tokens - req.num_computed, budget)
-                need = blocks_for(req.num_computed + n, bs) - req.blocks_held
-                if need > pool.free:
-                    break
-                self.waiting.popleft()
-                pool.allocate(need)
-                req.private_blocks += need
-                req.state = State.RUNNING
-                if req.admitted != req.admitted:  # NaN: first admission
-                    req.admitted = now
-                self.running.append(req)
-                plan.admitted += 1
-                self._account(plan, req, n)
-                budget -= n
-            self.waiting.extendleft(reversed(skipped))
-        return plan
+            n = min(req.known_tokens - req.num_computed, budget)
+            need = blocks_for(req.num_computed + n, bs) - req.blocks_held
+            if need > pool.free:
+                break
+            self.waiting.popleft()
+            pool.allocate(need)
+            req.private_blocks += need
+            req.state = State.RUNNING
+            if req.admitted != req.admitted:  # NaN: first admission
+                req.admitted = now
+            self.running.append(req)
+            plan.admitted += 1
+            self._account(plan, req, n)
+            budget -= n
+        self.waiting.extendleft(reversed(skipped))
+        return budget
 
     def _set_computed(self, req: Request, tokens: int) -> None:
         """Move num_computed, keeping the router's outstanding-token count in step."""
@@ -176,50 +188,68 @@ class Scheduler:
         else:
             plan.prefill_units += n * (c + n / 2)
 
-    def _lookup(self, req: Request, plan: StepPlan) -> None:
-        """Prefix hits at (re)admission: HBM first, then the tier. Sets req.looked_up only
-        once the blocks for the hit are held."""
+    def _lookup(self, req: Request, plan: StepPlan) -> bool:
+        """Resolve prefix hits at (re)admission: HBM first, then the tier. Takes the hit
+        blocks (and, for a load, the blocks it fills) only if they and the first chunk fit;
+        returns False, holding nothing, if they do not."""
         pool, bs = self.pool, self.bs
         # At least one prompt token is always computed, so the last full block may not count.
-        limit = (req.known_tokens - 1) // bs
-        limit = min(limit, len(req.keys))
-        hbm = pool.match_prefix(req.keys, limit)
-        ext = 0
-        if self.tier is not None:
+        limit = min((req.known_tokens - 1) // bs, len(req.keys))
+        tier = self.tier
+        p_hbm, p_tier, p_pool_ev, p_tier_ev = req.probe
+        tier_ev = tier.evictions if tier is not None else 0
+        if p_pool_ev != pool.evictions or p_tier_ev != tier_ev:
+            p_hbm = p_tier = 0
+        hbm = pool.match_prefix(req.keys, limit, min(p_hbm, limit))
+        tier_blocks = 0
+        if tier is not None:
             plan.lookups += 1
-            ext = max(0, self.tier.match(req.keys, limit) - hbm)
-        if hbm + ext == 0:
-            req.looked_up = True
-            return
-        if ext and ext + hbm > pool.free:
-            # Cannot hold the loaded blocks now; try again next step.
-            req.looked_up = False
-            return
-        pool.acquire_cached(req.keys[:hbm])
-        req.cached_keys = list(req.keys[:hbm])
+            tier_blocks = tier.match(req.keys, limit, min(p_tier, limit))
+        req.probe = (hbm, tier_blocks, pool.evictions, tier_ev)
+        ext = max(0, tier_blocks - hbm)
+        hit_keys = req.keys[:hbm]
+        from_lru = pool.count_unreferenced(hit_keys)  # hits nobody holds cost a free block
+        computed = (hbm + ext) * bs
+        first = 0 if (ext and self.load_mode == "async") else min(req.known_tokens - computed, self.budget)
+        need = from_lru + blocks_for(computed + first, bs) - hbm
+        if need > pool.free:
+            return False
+        pool.acquire_cached(hit_keys)
+        req.cached_keys = list(hit_keys)
         if req.preemptions == 0:
             req.hbm_hit_tokens = hbm * bs
             req.tier_hit_tokens = ext * bs
         self._set_computed(req, hbm * bs)
         req.looked_up = True
         if ext:
+            tier.touch(req.keys, hbm, ext)
             pool.allocate(ext)
             req.private_blocks += ext
-            load = Load(req, hbm, ext)
-            plan.loads.append(load)
+            plan.loads.append(Load(req, hbm, ext))
             if self.load_mode == "layerwise":
                 plan.layerwise = True
                 self._loaded(req, hbm, ext)
             else:
                 req.state = State.LOADING
                 self.loading += 1
+        return True
+
+    def _release_waiting(self, req: Request) -> None:
+        self.pool.release(req.cached_keys, req.private_blocks)
+        req.cached_keys = []
+        req.private_blocks = 0
+        self._set_computed(req, 0)
+        req.looked_up = False
 
     def _loaded(self, req: Request, first: int, n: int) -> None:
-        for key in req.keys[first:first + n]:
-            if self.pool.promote(key):
-                req.cached_keys.append(key)
-                req.private_blocks -= 1
+        self._promote(req, first, first + n)
         self._set_computed(req, (first + n) * self.bs)
+
+    def _promote(self, req: Request, first: int, end: int) -> None:
+        """Prompt blocks [first, end) now hold computed KV: cache them."""
+        new = self.pool.promote(req.keys[first:end])
+        req.cached_keys.extend(new)
+        req.private_blocks -= len(new)
 
     def load_done(self, load: Load) -> None:
         """An async load finished: the request may run from the next step on."""
@@ -230,11 +260,7 @@ class Scheduler:
 
     def _preempt(self, req: Request) -> None:
         self.running.remove(req)
-        self.pool.release(req.cached_keys, req.private_blocks)
-        req.cached_keys = []
-        req.private_blocks = 0
-        self._set_computed(req, 0)
-        req.looked_up = False
+        self._release_waiting(req)
         req.preemptions += 1
         req.state = State.WAITING
         self.waiting.appendleft(req)
@@ -259,11 +285,7 @@ class Scheduler:
             full = min(req.num_computed, req.prompt_tokens) // bs
             done = min(before, req.prompt_tokens) // bs
             if full > done:
-                pool = self.pool
-                for key in req.keys[done:full]:
-                    if pool.promote(key):
-                        req.cached_keys.append(key)
-                        req.private_blocks -= 1
+                self._promote(req, done, full)
                 if self.save_enabled:
                     save = self._save_for(req, full)
                     if save is not None:

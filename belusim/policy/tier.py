@@ -29,48 +29,46 @@ class TierIndex:
         c = self.chunk_blocks
         return [block_keys[(i + 1) * c - 1] for i in range(first_chunk, last_chunk)]
 
-    def match(self, block_keys: list[int], limit_blocks: int) -> int:
-        """Leading blocks (whole chunks, at most limit_blocks) the tier holds; touches them."""
+    def match(self, block_keys: list[int], limit_blocks: int, start_blocks: int = 0) -> int:
+        """Leading blocks (whole chunks, at most limit_blocks) the tier holds. `start_blocks`
+        skips chunks the caller knows are held (nothing was evicted since it last looked)."""
         self.lookups += 1
         c = self.chunk_blocks
-        n = 0
         chunks = self.chunks
-        hit = []
-        for i in range(limit_blocks // c):
-            key = block_keys[(i + 1) * c - 1]
-            if key in chunks:
-                hit.append(key)
-                n += c
-            else:
-                break
-        for key in hit:
-            chunks.move_to_end(key)
-        self.hit_chunks += len(hit)
-        return n
+        i, n_chunks = start_blocks // c, limit_blocks // c
+        while i < n_chunks and block_keys[(i + 1) * c - 1] in chunks:
+            i += 1
+        return i * c
+
+    def touch(self, block_keys: list[int], first_block: int, n_blocks: int) -> None:
+        """Mark the chunks of a hit as recently used (once, when the hit is taken)."""
+        c = self.chunk_blocks
+        move = self.chunks.move_to_end
+        for i in range(first_block // c, (first_block + n_blocks) // c):
+            move(block_keys[(i + 1) * c - 1])
+        self.hit_chunks += n_blocks // c
 
     def wanted(self, block_keys: list[int], upto_blocks: int, from_chunk: int) -> list[int]:
         """Chunk indexes in [from_chunk, upto_blocks // chunk) that are neither stored nor pending."""
-        out = []
-        for i in range(from_chunk, upto_blocks // self.chunk_blocks):
-            key = block_keys[(i + 1) * self.chunk_blocks - 1]
-            if key not in self.chunks and key not in self.pending:
-                out.append(i)
-        return out
+        c, chunks, pending = self.chunk_blocks, self.chunks, self.pending
+        return [
+            i for i in range(from_chunk, upto_blocks // c)
+            if block_keys[(i + 1) * c - 1] not in chunks and block_keys[(i + 1) * c - 1] not in pending
+        ]
 
     def begin_save(self, keys: list[int]) -> None:
         self.pending.update(keys)
 
     def end_save(self, keys: list[int]) -> None:
-        for key in keys:
-            self.pending.discard(key)
-            if key in self.chunks:
-                self.chunks.move_to_end(key)
-                continue
-            self.chunks[key] = None
-            self.inserted += 1
-            if len(self.chunks) > self.capacity:
-                self.chunks.popitem(last=False)
-                self.evictions += 1
+        self.pending.difference_update(keys)
+        chunks = self.chunks
+        before = len(chunks)
+        chunks.update(dict.fromkeys(keys))  # keys were not stored when the save began
+        self.inserted += len(chunks) - before
+        over = len(chunks) - self.capacity
+        for _ in range(max(0, over)):
+            chunks.popitem(last=False)
+        self.evictions += max(0, over)
 
     def check(self) -> None:
         if len(self.chunks) > self.capacity:

@@ -76,7 +76,7 @@ def lveval_requests(prompts: list[LvevalPrompt], block_size: int, outputs: np.nd
                 prompt_tokens=p.prompt_tokens,
                 output_tokens=int(outputs[i]),
                 block_keys=keys[off[i] : off[i + 1]],
-                source=f"lveval:{p.subset}:{p.level}:{p.index}",
+                source=f"{p.origin}:{p.subset}:{p.level}:{p.index}",
                 tags={
                     "subset": p.subset,
                     "level": p.level,

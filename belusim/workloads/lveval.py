@@ -150,6 +150,7 @@ class LvevalPrompt:
     uid: int  # unique per record; stable across runs
     answer_tokens: int | None = None  # reference answer length (files only)
     shared_context: bool = False
+    origin: str = "lveval"  # "lveval" (files) or "lveval-synthetic"
     # Per-block content ids of the context when a real tokenizer gave token ids.
     context_block_hashes: np.ndarray | None = field(default=None, repr=False)
 
@@ -287,7 +288,7 @@ def synthesize(
         used[s] += 1
         q = st.question_tokens
         earlier = contexts[s]
-        shared = bool(earlier) and share_u[i] < shared_context_fraction
+        shared = bool(earlier) and bool(share_u[i] < shared_context_fraction)
         if shared:
             ctx_id, ctx = earlier[int(pick_u[i] * len(earlier))]
         else:
@@ -308,6 +309,7 @@ def synthesize(
                 context_id=ctx_id,
                 uid=hash_str("lveval-synthetic-record", seed, s, level, k),
                 shared_context=shared,
+                origin="lveval-synthetic",
             )
         )
     return out
@@ -437,10 +439,12 @@ def discover(path: Path, subsets: list[str] | None = None, levels: list[str] | N
         for lv in want_levels:
             src = found.get((s, lv))
             if src is None:
-                if levels is None:
-                    continue
+                if levels is None or subsets is None:
+                    continue  # "every subset found": take the levels each one has
                 raise WorkloadError.at(path, f"no file for subset {s!r} at level {lv!r}", field="levels")
             out.append(src)
+    if not out:
+        raise WorkloadError.at(path, f"no LV-Eval files for levels {want_levels}", field="levels")
     return out
 
 

@@ -24,6 +24,13 @@ _META_KEY = b"belusim"
 _REQ_FIELDS = ("req_id", "arrival_s", "prompt_tokens", "output_tokens", "block_size", "block_keys", "source")
 
 
+def _json_default(o: object) -> object:
+    """numpy scalars in tags become plain JSON numbers/bools."""
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(f"tags value of type {type(o).__name__} is not JSON serialisable")
+
+
 def trace_kind(path: str | Path, fmt: str | None = None) -> str:
     """'jsonl' or 'parquet', from fmt or the file suffix."""
     if fmt is not None:
@@ -94,7 +101,7 @@ def write_trace(
                 }
                 if r.tags:
                     d["tags"] = r.tags
-                f.write(json.dumps(d, separators=(",", ":")) + "\n")
+                f.write(json.dumps(d, separators=(",", ":"), default=_json_default) + "\n")
         return path
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -120,7 +127,7 @@ def write_trace(
             "block_size": pa.array(np.full(len(reqs), bs, dtype=np.int64), type=pa.int64()),
             "block_keys": keys_arr.cast(list_type(pa.int64())),
             "source": pa.array([r.source for r in reqs], type=pa.string()),
-            "tags": pa.array([json.dumps(r.tags) if r.tags else None for r in reqs], type=pa.string()),
+            "tags": pa.array([json.dumps(r.tags, default=_json_default) if r.tags else None for r in reqs], type=pa.string()),
         }
     )
     table = table.replace_schema_metadata({_META_KEY: json.dumps(header).encode()})
