@@ -9,6 +9,7 @@ which physical block holds what, only how many are in use and which keys are res
 from __future__ import annotations
 
 from collections import OrderedDict
+from itertools import islice, takewhile
 
 
 class OutOfBlocks(Exception):
@@ -24,6 +25,7 @@ class BlockPool:
         self.in_use = 0  # blocks held by requests (cached-and-referenced plus private)
         self.refcount: dict[int, int] = {}  # cached keys held by at least one request
         self.lru: OrderedDict[int, None] = OrderedDict()  # cached keys held by nobody; first = next evicted
+        self.resident: set[int] = set()  # every cached key, held or not (fast prefix walks)
         self.evictions = 0
         self.hits_blocks = 0
         self.queried_blocks = 0
@@ -36,25 +38,17 @@ class BlockPool:
 
     @property
     def cached(self) -> int:
-        return len(self.refcount) + len(self.lru)
+        return len(self.resident)
 
     def contains(self, key: int) -> bool:
-        return key in self.refcount or key in self.lru
+        return key in self.resident
 
     def match_prefix(self, keys: list[int], limit: int, start: int = 0) -> int:
         """How many leading keys (at most `limit`) are resident. `start` skips keys the
         caller knows are resident (nothing was evicted since it last looked)."""
-        if not self.caching:
-            return 0
-        n = start
-        refcount, lru = self.refcount, self.lru
-        while n < limit:
-            key = keys[n]
-            if key in refcount or key in lru:
-                n += 1
-            else:
-                break
-        return n
+        if not self.caching or start >= limit:
+            return min(start, limit) if self.caching else 0
+        return start + sum(1 for _ in takewhile(self.resident.__contains__, islice(keys, start, limit)))
 
     def count_unreferenced(self, keys: list[int]) -> int:
         """Of these resident keys, how many nobody holds (taking them costs free blocks)."""
@@ -85,10 +79,12 @@ class BlockPool:
             return
         if n > self.free:
             raise OutOfBlocks(n)
-        empty = self.num_blocks - self.in_use - len(self.lru)
-        for _ in range(n - empty):
-            self.lru.popitem(last=False)
-            self.evictions += 1
+        evict = n - (self.num_blocks - self.in_use - len(self.lru))
+        if evict > 0:
+            pop, resident = self.lru.popitem, self.resident
+            for _ in range(evict):
+                resident.discard(pop(last=False)[0])
+            self.evictions += evict
         self.in_use += n
 
     def promote(self, keys: list[int]) -> list[int]:
@@ -96,12 +92,10 @@ class BlockPool:
         cached; a key already cached by someone else stays private, as in vLLM."""
         if not self.caching:
             return []
-        refcount, lru = self.refcount, self.lru
-        if not lru:  # fast path: only held keys can collide
-            new = [k for k in keys if k not in refcount]
-        else:
-            new = [k for k in keys if k not in refcount and k not in lru]
-        refcount.update(dict.fromkeys(new, 1))
+        resident = self.resident
+        new = [k for k in keys if k not in resident]
+        self.refcount.update(dict.fromkeys(new, 1))
+        resident.update(new)
         return new
 
     def release(self, cached_keys: list[int], private: int) -> None:
@@ -123,6 +117,7 @@ class BlockPool:
     def clear_cache(self) -> None:
         """Drop every unreferenced cached block (an engine restart empties HBM)."""
         self.evictions += len(self.lru)
+        self.resident.difference_update(self.lru)
         self.lru.clear()
 
     def check(self) -> None:
@@ -130,3 +125,5 @@ class BlockPool:
             raise AssertionError(f"in_use={self.in_use} outside [0, {self.num_blocks}]")
         if self.in_use + len(self.lru) > self.num_blocks:
             raise AssertionError("more blocks resident than exist")
+        if len(self.resident) != len(self.refcount) + len(self.lru):
+            raise AssertionError("resident set out of step with the cache")

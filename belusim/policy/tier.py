@@ -9,6 +9,7 @@ its last block, which identifies the whole prefix up to it. A chunk being writte
 from __future__ import annotations
 
 from collections import OrderedDict
+from itertools import filterfalse, islice, takewhile
 
 
 class TierIndex:
@@ -34,11 +35,12 @@ class TierIndex:
         skips chunks the caller knows are held (nothing was evicted since it last looked)."""
         self.lookups += 1
         c = self.chunk_blocks
-        chunks = self.chunks
         i, n_chunks = start_blocks // c, limit_blocks // c
-        while i < n_chunks and block_keys[(i + 1) * c - 1] in chunks:
-            i += 1
-        return i * c
+        if i >= n_chunks:
+            return n_chunks * c
+        # a chunk is named by its last block's key: positions c-1, 2c-1, ...
+        names = islice(block_keys, i * c + c - 1, n_chunks * c, c)
+        return (i + sum(1 for _ in takewhile(self.chunks.__contains__, names))) * c
 
     def touch(self, block_keys: list[int], first_block: int, n_blocks: int) -> None:
         """Mark the chunks of a hit as recently used (once, when the hit is taken)."""
@@ -51,10 +53,11 @@ class TierIndex:
     def wanted(self, block_keys: list[int], upto_blocks: int, from_chunk: int) -> list[int]:
         """Chunk indexes in [from_chunk, upto_blocks // chunk) that are neither stored nor pending."""
         c, chunks, pending = self.chunk_blocks, self.chunks, self.pending
-        return [
-            i for i in range(from_chunk, upto_blocks // c)
-            if block_keys[(i + 1) * c - 1] not in chunks and block_keys[(i + 1) * c - 1] not in pending
-        ]
+        first, end = from_chunk, upto_blocks // c
+        names = block_keys[first * c + c - 1:end * c:c]
+        if not pending and not any(map(chunks.__contains__, names)):
+            return list(range(first, end))  # the usual case: nothing of it stored yet
+        return [first + j for j, k in enumerate(names) if k not in chunks and k not in pending]
 
     def begin_save(self, keys: list[int]) -> None:
         self.pending.update(keys)

@@ -697,6 +697,7 @@ static inline uint64_t msg_check(const uint64_t *m) {
     return c;
 }
 
+/* No fence here: callers write a batch of messages, then one store fence publishes them. */
 static void msg_write(char *line, uint64_t seq, uint64_t tag) {
     uint64_t m[8];
     m[0] = seq;
@@ -711,25 +712,29 @@ static void msg_write(char *line, uint64_t seq, uint64_t tag) {
     _mm_stream_si128((__m128i *)(line + 16), b);
     _mm_stream_si128((__m128i *)(line + 32), c);
     _mm_stream_si128((__m128i *)(line + 48), d);
-    _mm_sfence();
 #else
     volatile uint64_t *v = (volatile uint64_t *)line;
     for (int i = 1; i < 8; i++) v[i] = m[i];
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     v[0] = m[0];
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
 #endif
 }
 
-/* returns 0 with *seq (0 for an empty line), or 1 when the line was torn (checksum mismatch) */
-static int msg_read(char *line, int flush, uint64_t *seq) {
-    uint64_t m[8];
+/* Invalidate the lines of `count` slots (line i at base + i*RPC_SLOT + off), then one full
+ * fence: the flushes of a batch overlap (CLFLUSHOPT) and the loads after them miss together. */
+static void poll_flush(char *base, int count, size_t off, int flush, const uint64_t *active) {
     if (flush != BP_FLUSH_NONE) {
-        flush_lines(line, LINE, flush);
+        for (int i = 0; i < count; i++)
+            if (!active || active[i]) flush_lines(base + (size_t)i * RPC_SLOT + off, LINE, flush);
         full_fence();
     } else {
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
     }
+}
+
+/* returns 0 with *seq (0 for an empty line), or 1 when the line was torn (checksum mismatch) */
+static int msg_read(char *line, uint64_t *seq) {
+    uint64_t m[8];
     volatile uint64_t *v = (volatile uint64_t *)line;
     for (int i = 0; i < 8; i++) m[i] = v[i];
     if (m[0] == 0) { *seq = 0; return 0; }
@@ -756,17 +761,18 @@ static void rpc_server(char *base, int depth, uint64_t total, int flush, uint64_
     uint64_t served = 0, spins = 0, last = now_ns();
     while (served < total) {
         int progressed = 0;
+        poll_flush(base, depth, 0, flush, NULL);
         for (int i = 0; i < depth && served < total; i++) {
             char *req = base + (size_t)i * RPC_SLOT;
             uint64_t seq = 0;
-            if (msg_read(req, flush, &seq) == 0 && seq == expect[i]) {
+            if (msg_read(req, &seq) == 0 && seq == expect[i]) {
                 msg_write(req + RPC_RESP, seq, RPC_TAG_RESP);
                 expect[i]++;
                 served++;
                 progressed = 1;
             }
         }
-        if (progressed) { spins = 0; continue; }
+        if (progressed) { store_fence(); spins = 0; continue; }
         if ((++spins & 4095) == 0) {
             uint64_t t = now_ns();
             if (spins == 4096) last = t;
@@ -780,7 +786,8 @@ static void rpc_server(char *base, int depth, uint64_t total, int flush, uint64_
  * process over `region` (it must be MAP_SHARED, at least depth*256 bytes, 64-byte aligned).
  * depth 1: ping-pong; rtt_ns (if not NULL) gets each of the `ops` round trips after `warmup`
  * untimed ones.  depth > 1: the client keeps `depth` requests outstanding in `depth` slots and
- * the single-threaded server polls them in turn; elapsed_s_out covers all ops (no warmup).
+ * the single-threaded server polls them in batches (flush every slot's line, one fence, read
+ * them all); elapsed_s_out covers all ops (no warmup).
  * CPUs < 0 leave placement to the scheduler.  torn_out counts reads that saw a torn line. */
 int bp_rpc_run(void *region, size_t region_len, int depth, int64_t ops, int64_t warmup, int flush,
                int client_cpu, int server_cpu, double *rtt_ns, double *elapsed_s_out, int64_t *torn_out) {
@@ -822,14 +829,16 @@ int bp_rpc_run(void *region, size_t region_len, int depth, int64_t ops, int64_t 
         msg_write(base + (size_t)i * RPC_SLOT, 1, RPC_TAG_REQ);
         posted++;
     }
+    store_fence();
     (void)next_seq_slot0;
     uint64_t spins = 0;
     while (done < total) {
         int progressed = 0;
+        poll_flush(base, depth, RPC_RESP, flush, outstanding);
         for (int i = 0; i < depth; i++) {
             if (!outstanding[i]) continue;
             uint64_t seq = 0;
-            int t = msg_read(base + (size_t)i * RPC_SLOT + RPC_RESP, flush, &seq);
+            int t = msg_read(base + (size_t)i * RPC_SLOT + RPC_RESP, &seq);
             if (t) { torn++; continue; }
             if (seq != outstanding[i]) continue;
             uint64_t now = now_ns();
@@ -846,7 +855,7 @@ int bp_rpc_run(void *region, size_t region_len, int depth, int64_t ops, int64_t 
             }
             if (depth == 1 && done == (uint64_t)warmup) start = now_ns();
         }
-        if (progressed) { spins = 0; last_progress = 0; continue; }
+        if (progressed) { store_fence(); spins = 0; last_progress = 0; continue; }
         if ((++spins & 1023) == 0) {
             uint64_t t = now_ns();
             if (last_progress == 0) last_progress = t;

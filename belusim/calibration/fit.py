@@ -1,0 +1,374 @@
+"""Turn raw probe tables into profile parameters (dotted override paths of the scenario config).
+
+Every function here is pure: measurements in, numbers out, so a profile can be re-fitted from
+its own `measurements` (``belusim calibrate refit``) and tests can feed synthetic tables.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+from scipy.optimize import least_squares, lsq_linear
+
+from belusim.calibration.models import ModelShape, compute_functions, gpu_namespace
+
+# The parameters a profile may set, and the config card each belongs to.
+FITTED_KEYS: dict[str, str] = {
+    "gpu.host_h2d_gbps": "GB/s, large pinned host-to-GPU copies",
+    "gpu.host_d2h_gbps": "GB/s, large pinned GPU-to-host copies",
+    "gpu.pageable_h2d_gbps": "GB/s, pageable host-to-GPU copies",
+    "gpu.pageable_d2h_gbps": "GB/s, pageable GPU-to-host copies",
+    "gpu.memcpy_call_us": "us, fixed cost of one back-to-back cudaMemcpyAsync of a KV fragment",
+    "gpu.copy_kernel_launch_us": "us, launch + completion sync of one gather/scatter kernel",
+    "gpu.copy_kernel_gbps": "GB/s, the gather/scatter kernel's own top rate",
+    "gpu.copy_kernel_compute_slowdown": "fraction, slowdown of compute while a copy kernel runs",
+    "gpu.linear_efficiency": "fraction of dense bf16 peak reached by the linear layers",
+    "gpu.attention_efficiency": "fraction of dense bf16 peak reached by prefill attention",
+    "gpu.decode_bandwidth_efficiency": "fraction of HBM bandwidth reached in decode",
+    "gpu.step_overhead_us": "us, fixed cost of one engine step",
+    "hardware.host.dram_gbps_per_socket": "GB/s, DRAM bandwidth of one socket",
+    "hardware.host.dram_latency_ns": "ns, random load-to-use latency",
+    "hardware.host.ntstore_16k_us": "us, 16 KB non-temporal store + sfence",
+    "hardware.host.cached_write_flush_16k_us": "us, 16 KB cached write + flush",
+    "hardware.host.flush_read_16k_us": "us, 16 KB flush then read",
+    "hardware.host.uncacheable_write_16k_us": "us, 16 KB write to an uncacheable region",
+    "hardware.host.uncacheable_read_16k_us": "us, 16 KB read from an uncacheable region",
+    "hardware.cxl_rpc.rtt_us": "us, 64 B RPC round trip over shared slots, queue depth 1",
+    "hardware.cxl_rpc.server_mops": "Mops, one server thread",
+    "hardware.rdma_rpc.rtt_us": "us, 64 B RPC round trip over RDMA, queue depth 1",
+    "hardware.rdma_rpc.server_mops": "Mops, one server thread",
+    "hardware.cxl_adapter.cpu_read_gbps": "GB/s, CPU reads from the pool through one adapter",
+    "hardware.cxl_adapter.cpu_write_gbps": "GB/s, CPU writes to the pool through one adapter",
+    "hardware.cxl_switch.access_latency_ns": "ns, 64 B load through the switch",
+    "hardware.cxl_memory.bandwidth_gbps": "GB/s, one CXL memory device",
+    "hardware.root_complex.p2p_write_gbps_per_path": "GB/s, device-to-device writes through the RC",
+    "hardware.root_complex.p2p_read_gbps_per_path": "GB/s, device-to-device reads through the RC",
+    "hardware.root_complex.p2p_total_gbps": "GB/s, all peer-to-peer paths of one socket",
+}
+
+
+def sig(x: float, digits: int = 4) -> float:
+    """Round to `digits` significant digits (plain float for JSON)."""
+    if x == 0 or not math.isfinite(x):
+        return float(x)
+    return float(round(x, digits - 1 - int(math.floor(math.log10(abs(x))))))
+
+
+def entry(value: float, source: str, **detail: Any) -> dict:
+    e: dict[str, Any] = {"value": sig(value), "source": source}
+    if detail:
+        e["detail"] = detail
+    return e
+
+
+# ------------------------------------------------------------------------ generic fits
+
+
+@dataclass
+class AffineFit:
+    """t = a + bytes / bw."""
+
+    a_s: float
+    bw_bytes_per_s: float
+    rel_rmse: float
+    points: int
+
+    @property
+    def a_us(self) -> float:
+        return self.a_s * 1e6
+
+    @property
+    def gbps(self) -> float:
+        return self.bw_bytes_per_s / 1e9
+
+    def detail(self) -> dict:
+        return {"intercept_us": sig(self.a_us), "gbps": sig(self.gbps), "rel_rmse": sig(self.rel_rmse, 3),
+                "points": self.points}
+
+
+def fit_affine(nbytes: Iterable[float], seconds: Iterable[float]) -> AffineFit:
+    """Least squares on relative residuals, a >= 0 and 1/bw >= 0 (scipy lsq_linear)."""
+    x = np.asarray(list(nbytes), dtype=float)
+    t = np.asarray(list(seconds), dtype=float)
+    keep = np.isfinite(x) & np.isfinite(t) & (t > 0) & (x >= 0)
+    x, t = x[keep], t[keep]
+    if len(x) < 2 or len(np.unique(x)) < 2:
+        raise ValueError("an affine fit needs at least two distinct sizes")
+    w = 1.0 / t
+    A = np.column_stack([w, x * w])
+    res = lsq_linear(A, np.ones_like(t), bounds=([0.0, 1e-18], [np.inf, np.inf]))
+    a, inv = res.x
+    pred = a + x * inv
+    rel = float(np.sqrt(np.mean(((pred - t) / t) ** 2)))
+    return AffineFit(a_s=float(a), bw_bytes_per_s=float(1.0 / inv), rel_rmse=rel, points=int(len(x)))
+
+
+@dataclass
+class ComputeFit:
+    linear_efficiency: float
+    attention_efficiency: float
+    decode_bandwidth_efficiency: float | None
+    prefill_table: list[dict]
+    decode_table: list[dict]
+    formula: str
+
+
+def _clip01(x: float) -> float:
+    return float(min(1.0, max(1e-4, x)))
+
+
+def fit_compute(model: ModelShape, tflops: float, hbm_gbps: float, prefill_rows: list[dict],
+                decode_rows: list[dict]) -> ComputeFit:
+    """Efficiencies such that belusim.compute's per-layer formulas reproduce measured times.
+
+    prefill_rows: {"chunk": n, "context": c, "ms": t}; decode_rows: {"batch": b, "context": c, "ms": t}.
+    Prefill: least squares on relative residuals over (linear, attention) efficiency.
+    Decode: the HBM efficiency, least squares on absolute residuals (large batches, where the
+    step is longest, weigh most), with the linear efficiency from the prefill fit."""
+    prefill_fn, decode_fn, origin = compute_functions()
+    pre = [(int(r["chunk"]), int(r["context"]), float(r["ms"]) * 1e-3) for r in prefill_rows
+           if r.get("ms") and r["ms"] > 0]
+    if len(pre) < 2 or len({c for _, c, _ in pre}) < 2:
+        raise ValueError("the prefill fit needs at least two context lengths")
+
+    def pre_res(x):
+        g = gpu_namespace(tflops, hbm_gbps, x[0], x[1], 0.5)
+        return [(prefill_fn(model, g, n, c) - t) / t for n, c, t in pre]
+
+    sol = least_squares(pre_res, x0=[0.5, 0.5], bounds=([1e-4, 1e-4], [1.0, 1.0]))
+    e_lin, e_attn = (_clip01(v) for v in sol.x)
+    g = gpu_namespace(tflops, hbm_gbps, e_lin, e_attn, 0.5)
+    pre_table = [{"chunk": n, "context": c, "measured_ms": sig(t * 1e3), "model_ms": sig(prefill_fn(model, g, n, c) * 1e3)}
+                 for n, c, t in pre]
+
+    dec = [(int(r["batch"]), int(r["context"]), float(r["ms"]) * 1e-3) for r in decode_rows
+           if r.get("ms") and r["ms"] > 0]
+    e_mem = None
+    dec_table: list[dict] = []
+    if dec:
+        def dec_res(x):
+            gg = gpu_namespace(tflops, hbm_gbps, e_lin, e_attn, x[0])
+            return [(decode_fn(model, gg, b, c) - t) * 1e3 for b, c, t in dec]
+
+        sol = least_squares(dec_res, x0=[0.6], bounds=([1e-4], [1.0]))
+        e_mem = _clip01(sol.x[0])
+        gg = gpu_namespace(tflops, hbm_gbps, e_lin, e_attn, e_mem)
+        layer_w = model.params_per_layer * model.weight_bytes_per_param
+        for b, c, t in dec:
+            moved = layer_w + b * c * model.kv_bytes_per_token / model.layers
+            dec_table.append({"batch": b, "context": c, "measured_ms": sig(t * 1e3),
+                              "model_ms": sig(decode_fn(model, gg, b, c) * 1e3),
+                              "effective_tbps": sig(moved / t / 1e12)})
+    return ComputeFit(e_lin, e_attn, e_mem, pre_table, dec_table, origin)
+
+
+# ------------------------------------------------------------------------ profile fits
+
+
+def _row(rows: list[dict], **match) -> dict | None:
+    for r in rows:
+        if all(r.get(k) == v for k, v in match.items()) and "median_us" in r:
+            return r
+    return None
+
+
+def fit_cpu(cpu: dict, target_kind: str) -> tuple[dict, list[str]]:
+    fitted: dict[str, dict] = {}
+    notes: list[str] = []
+    where = {"anon": "host DRAM (anonymous memory)", "file": "the file window", "dax": "the DAX window"}[target_kind]
+    tr = (cpu.get("transfer_16k") or {}).get("rows", [])
+    if tr:
+        r = _row(tr, op="nt_copy", bytes=16384)
+        if r:
+            fitted["hardware.host.ntstore_16k_us"] = entry(
+                r["median_us"], f"measured: 16 KiB streaming-store copy + sfence into {where}, median of {r['iters']}")
+        cands = [(m, _row(tr, op="copy_flush", flush=m, bytes=16384)) for m in ("clflushopt", "clwb", "clflush")]
+        best = [(m, r) for m, r in cands[:2] if r]
+        if not best and cands[2][1]:
+            best = [cands[2]]
+        if best:
+            m, r = min(best, key=lambda mr: mr[1]["median_us"])
+            others = ", ".join(f"{mm} {rr['median_us']:.3g} us" for mm, rr in cands if rr)
+            fitted["hardware.host.cached_write_flush_16k_us"] = entry(
+                r["median_us"], f"measured: 16 KiB memcpy + {m} + fence into {where}, median "
+                                f"(best available flush; {others})")
+        r = _row(tr, op="flush_read", flush="clflushopt", bytes=16384) or _row(tr, op="flush_read", flush="clflush",
+                                                                               bytes=16384)
+        if r:
+            fitted["hardware.host.flush_read_16k_us"] = entry(
+                r["median_us"], f"measured: {r['flush']} of 16 KiB of stale cached lines + mfence + read from "
+                                f"{where}, median of {r['iters']}")
+    chase = (cpu.get("pointer_chase") or {}).get("rows", [])
+    good = [r for r in chase if r.get("single_cycle") and r.get("ns_per_load")]
+    if good:
+        thp = [r for r in good if r["pages"] == "thp" and (r.get("thp_kib") or 0) > 0]
+        pick = thp[0] if thp else good[0]
+        desc = ", ".join(f"{r['pages']} {r['ns_per_load']:.4g} ns" for r in good)
+        src = (f"measured: dependent loads over a random cycle of {pick['nodes']} 64 B nodes in "
+               f"{pick['buffer_bytes'] >> 20} MiB ({pick['pages']} pages; {desc})")
+        key = "hardware.cxl_switch.access_latency_ns" if target_kind == "dax" else "hardware.host.dram_latency_ns"
+        fitted[key] = entry(pick["ns_per_load"], src)
+        if not thp and target_kind == "anon":
+            notes.append("dram_latency_ns includes TLB misses: transparent huge pages were not granted")
+    bw = (cpu.get("bandwidth") or {}).get("rows", [])
+    okbw = [r for r in bw if r.get("gbps") and r.get("verified")]
+    if okbw:
+        tmax = max(r["threads"] for r in okbw)
+        by = {r["kind"]: r for r in okbw if r["threads"] == tmax}
+        if target_kind == "dax":
+            if "read" in by:
+                fitted["hardware.cxl_adapter.cpu_read_gbps"] = entry(
+                    by["read"]["gbps"], f"measured: {tmax}-thread reads from the DAX window")
+            wr = by.get("ntwrite") or by.get("write")
+            if wr:
+                fitted["hardware.cxl_adapter.cpu_write_gbps"] = entry(
+                    wr["gbps"], f"measured: {tmax}-thread {wr['kind']} to the DAX window")
+        else:
+            if "read" in by:
+                extra = ", ".join(f"{k} {by[k]['gbps']:.3g}" for k in ("copy", "ntcopy", "ntwrite") if k in by)
+                fitted["hardware.host.dram_gbps_per_socket"] = entry(
+                    by["read"]["gbps"], f"measured: {tmax}-thread read bandwidth of {where} "
+                                        f"(same threads, GB/s: {extra})")
+    rpc = cpu.get("rpc") or {}
+    pp = rpc.get("pingpong") or {}
+    if "median_us" in pp:
+        fitted["hardware.cxl_rpc.rtt_us"] = entry(
+            pp["median_us"], f"measured: 64 B shared-slot ping-pong between two processes over {where} "
+                             f"(ntstore + sfence writes, {rpc.get('flush')} + mfence before each poll), median of "
+                             f"{pp['iters']}")
+        if target_kind != "dax":
+            notes.append("cxl_rpc was measured over local memory: a CXL pool adds the switch round trip")
+    pl = rpc.get("pipelined") or {}
+    if pl.get("mops"):
+        fitted["hardware.cxl_rpc.server_mops"] = entry(
+            pl["mops"], f"measured: one server process polling {pl['depth']} slots, {pl['ops']} requests "
+                        f"kept {pl['depth']} deep by one client")
+    return fitted, notes
+
+
+def fit_gpu(gpu: dict, model: ModelShape | None, peaks: dict | None) -> tuple[dict, list[str]]:
+    fitted: dict[str, dict] = {}
+    notes: list[str] = []
+    bw_dir: dict[str, float] = {}
+    hc = gpu.get("host_copy") or {}
+    for d, key in (("h2d", "gpu.host_h2d_gbps"), ("d2h", "gpu.host_d2h_gbps")):
+        rows = [r for r in hc.get("rows", []) if r.get("dir") == d and r.get("us_per_copy")]
+        if len(rows) >= 2:
+            try:
+                f = fit_affine([r["bytes"] for r in rows], [r["us_per_copy"] * 1e-6 for r in rows])
+            except ValueError:
+                continue
+            bw_dir[d] = f.bw_bytes_per_s
+            sizes = f"{min(r['bytes'] for r in rows) >> 10} KiB-{max(r['bytes'] for r in rows) >> 20} MiB"
+            fitted[key] = entry(f.gbps, f"measured: back-to-back pinned cudaMemcpyAsync {d.upper()} ({hc.get('method')}"
+                                        f"), fit t = a + bytes/bw over {sizes}; a = {f.a_us:.3g} us",
+                                **f.detail())
+    pg = gpu.get("pageable") or {}
+    for d, key in (("h2d", "gpu.pageable_h2d_gbps"), ("d2h", "gpu.pageable_d2h_gbps")):
+        rows = [r for r in pg.get("rows", []) if r.get("dir") == d and r.get("seconds")]
+        if len(rows) >= 2:
+            try:
+                f = fit_affine([r["bytes"] for r in rows], [r["seconds"] for r in rows])
+            except ValueError:
+                continue
+            fitted[key] = entry(f.gbps, f"measured: pageable cudaMemcpy {d.upper()}, fit t = a + bytes/bw over "
+                                        f"{len(rows)} sizes up to {max(r['bytes'] for r in rows) >> 20} MiB",
+                                **f.detail())
+    kv = gpu.get("kv_fragments") or {}
+    mrows = [r for r in kv.get("memcpy_rows", []) if r.get("us_per_fragment") and r.get("verified", True)]
+    if mrows and bw_dir:
+        big = [r for r in mrows if r["blocks"] >= 4] or mrows
+        fb = kv.get("fragment_bytes")
+        costs = []
+        for r in big:
+            bw = bw_dir.get("h2d" if r["dir"] == "load" else "d2h")
+            if bw:
+                costs.append(r["us_per_fragment"] - fb / bw * 1e6)
+        if costs:
+            per = {d: np.mean([r["us_per_fragment"] for r in big if r["dir"] == d]) for d in ("load", "store")
+                   if any(r["dir"] == d for r in big)}
+            fitted["gpu.memcpy_call_us"] = entry(
+                max(0.0, float(np.mean(costs))),
+                f"measured: one cudaMemcpyAsync per {fb >> 10} KiB KV fragment ({kv.get('fragments_per_block')} per "
+                f"16-token block), back to back in a {kv.get('memcpy_method', 'CUDA graph')}; per-fragment time "
+                f"minus bytes/bandwidth (" + ", ".join(f"{d} {v:.3g} us/fragment" for d, v in per.items()) + ")")
+    krows = [r for r in kv.get("kernel_rows", []) if r.get("host_us") and r.get("verified", True)]
+    small = kv.get("kernel_small") or {}
+    fits = {}
+    for d in ("load", "store"):
+        rows = [r for r in krows if r["dir"] == d]
+        pts = [(r["bytes"], r["host_us"] * 1e-6) for r in rows]
+        s = small.get(d) or {}
+        if s.get("host_us"):
+            pts.append((s["bytes"], s["host_us"] * 1e-6))
+        if len(pts) >= 2:
+            try:
+                fits[d] = fit_affine([p[0] for p in pts], [p[1] for p in pts])
+            except ValueError:
+                pass
+    if fits:
+        a = float(np.mean([f.a_us for f in fits.values()]))
+        g = float(np.mean([f.gbps for f in fits.values()]))
+        desc = "; ".join(f"{d}: a = {f.a_us:.3g} us, {f.gbps:.3g} GB/s" for d, f in fits.items())
+        ctas = kv.get("kernel_ctas")
+        fitted["gpu.copy_kernel_launch_us"] = entry(
+            a, f"measured: one gather/scatter kernel ({ctas} CTAs) reading/writing mapped pinned host memory, "
+               f"issue-to-synchronize time on the host (Python launch included), fit t = a + bytes/bw ({desc})")
+        fitted["gpu.copy_kernel_gbps"] = entry(
+            g, f"measured: same fit, mean of load and store ({desc})")
+    inter = gpu.get("interference") or {}
+    sl = [v for v in (inter.get("prefill_slowdown"), inter.get("decode_slowdown")) if isinstance(v, (int, float))]
+    if sl:
+        fitted["gpu.copy_kernel_compute_slowdown"] = entry(
+            max(0.0, float(np.mean(sl))),
+            f"measured: mean slowdown of a prefill layer and a decode step while a {inter.get('ctas')}-CTA copy "
+            f"kernel streams to host memory (prefill {inter.get('prefill_slowdown')}, decode "
+            f"{inter.get('decode_slowdown')})")
+    comp = gpu.get("compute") or {}
+    if model is not None and peaks and comp.get("prefill_rows"):
+        try:
+            cf = fit_compute(model, peaks["dense_bf16_tflops"], peaks["hbm_gbps"], comp.get("prefill_rows", []),
+                             comp.get("decode_rows", []))
+        except ValueError as e:
+            notes.append(f"compute fit skipped: {e}")
+        else:
+            peak_txt = (f"nominal {peaks['dense_bf16_tflops']:g} TFLOP/s bf16 and {peaks['hbm_gbps']:g} GB/s HBM "
+                        f"({peaks.get('card')}: {peaks.get('source')})")
+            ctx = ", ".join(str(r["context"]) for r in cf.prefill_table)
+            fitted["gpu.linear_efficiency"] = entry(
+                cf.linear_efficiency,
+                f"measured: one {model.id} layer (bf16, eager PyTorch, attention {comp.get('attention_path')}), "
+                f"{cf.prefill_table[0]['chunk']}-token prefill chunks at contexts {ctx}, fitted with "
+                f"{cf.formula}.layer_prefill_time against {peak_txt}", prefill=cf.prefill_table)
+            fitted["gpu.attention_efficiency"] = entry(
+                cf.attention_efficiency, "measured: same prefill fit (the attention term)", prefill=cf.prefill_table)
+            if cf.decode_bandwidth_efficiency is not None:
+                bs = ", ".join(str(r["batch"]) for r in cf.decode_table)
+                fitted["gpu.decode_bandwidth_efficiency"] = entry(
+                    cf.decode_bandwidth_efficiency,
+                    f"measured: one {model.id} decode layer at batch {bs}, context "
+                    f"{cf.decode_table[0]['context']} ({comp.get('decode_mode')}), fitted with "
+                    f"{cf.formula}.layer_decode_time (least squares on absolute times) against {peak_txt}",
+                    decode=cf.decode_table)
+    return fitted, notes
+
+
+def fit_all(measurements: dict, target_kind: str = "anon", model: ModelShape | None = None,
+            peaks: dict | None = None) -> tuple[dict, list[str]]:
+    fitted: dict[str, dict] = {}
+    notes: list[str] = []
+    if measurements.get("cpu"):
+        f, n = fit_cpu(measurements["cpu"], target_kind)
+        fitted.update(f)
+        notes += n
+    if measurements.get("gpu"):
+        f, n = fit_gpu(measurements["gpu"], model, peaks)
+        fitted.update(f)
+        notes += n
+    unknown = sorted(set(fitted) - set(FITTED_KEYS))
+    if unknown:  # a programming error: keep profiles loadable
+        raise AssertionError(f"fit produced unknown keys {unknown}")
+    return dict(sorted(fitted.items())), notes
