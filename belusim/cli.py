@@ -29,6 +29,12 @@ try:  # sub-apps live beside the layers they drive
 except ImportError:  # pragma: no cover - only while a layer is being built
     pass
 try:
+    from belusim.microbench_cli import microbench_app
+
+    app.add_typer(microbench_app, name="microbench", help="Transfer-level studies: one transfer and its breakdown.")
+except ImportError:  # pragma: no cover
+    pass
+try:
     from belusim.calibration.cli import calibrate_app
 
     app.add_typer(calibrate_app, name="calibrate", help="Measure this machine and fit a calibration profile.")
@@ -109,9 +115,7 @@ def run(
         names = [s.strip() for s in systems.split(",")] if systems else None
         progress = None if quiet else (lambda msg: err.print(f"[dim]{msg}[/]"))
         report = run_scenario(sc, resolved, names, out, progress)
-    except ConfigError as e:
-        _fail(str(e))
-    except (ValueError, FileNotFoundError) as e:
+    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
         _fail(str(e))
     if as_json:
         sys.stdout.write(json.dumps(json_safe({"scenario": report["scenario"], "results": report["results"]})) + "\n")
@@ -119,6 +123,91 @@ def run(
         print_results(report, Console(width=None if sys.stdout.isatty() else 132))
         if out is not None:
             Console().print(f"wrote {out}/requests.csv, {out}/summary.json, {out}/scenario.resolved.yaml")
+
+
+@app.command()
+def compare(
+    scenario: str = typer.Argument(..., help="scenario file or packaged name"),
+    systems: Optional[str] = typer.Option(None, "--systems", help="comma-separated subset of the scenario's systems"),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="system the ratios are taken against (default: the first)"),
+    set_: list[str] = typer.Option([], "--set", help="override a field: path.to.field=value (repeatable)"),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="calibration profile name or path"),
+    out: Optional[Path] = typer.Option(None, "--out", help="also write the table (.csv with a .json beside it, or .json)"),
+    as_json: bool = typer.Option(False, "--json", help="print {scenario, baseline, results} as JSON"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Run systems on the same workload and seed; compare them side by side per phase."""
+    from belusim.metrics import json_safe
+    from belusim.runner import run_scenario
+    from belusim.study import RATIO_KEYS, compare_rows, write_table
+
+    try:
+        sc, resolved = load(scenario, set_, calibration)
+        names = [s.strip() for s in systems.split(",")] if systems else [s.name for s in sc.systems]
+        base = baseline or names[0]
+        if base not in names:
+            names.append(base)
+        progress = None if quiet else (lambda msg: err.print(f"[dim]{msg}[/]"))
+        report = run_scenario(sc, resolved, names, None, progress)
+        rows = compare_rows(report, base)
+    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
+        _fail(str(e))
+    if out is not None:
+        write_table(rows, out)
+    if as_json:
+        sys.stdout.write(json.dumps(json_safe({"scenario": sc.name, "baseline": base, "results": rows})) + "\n")
+        return
+    console = Console(width=None if sys.stdout.isatty() else 150)
+    for phase in [p.name for p in sc.run.phases]:
+        table = Table(title=f"{sc.name}: phase {phase} (ratios against {base})")
+        cols = ["system", "TTFT mean s", "x", "TTFT p99 s", "x", "TPOT mean ms", "x", "TPOT p99 ms", "x", "QPS", "x",
+                "HBM hit", "tier hit"]
+        for c in cols:
+            table.add_column(c, justify="left" if c == "system" else "right", no_wrap=c == "system")
+        for r in rows:
+            if r["phase"] != phase:
+                continue
+            cells = [r["system"]]
+            for k in RATIO_KEYS:
+                scale = 1e3 if k.startswith("tpot") else 1.0
+                v = r[k]
+                cells += [_fmt(v * scale if isinstance(v, float) else v, 1 if scale > 1 else 3),
+                          _fmt(r[f"{k}_vs_baseline"], 2)]
+            cells += [_fmt(r["hbm_hit_ratio"], 2), _fmt(r["tier_hit_ratio"], 2)]
+            table.add_row(*cells)
+        console.print(table)
+
+
+@app.command()
+def sweep(
+    study: Path = typer.Argument(..., help="sweep file (YAML): a scenario, a parameter and its values"),
+    set_: list[str] = typer.Option([], "--set", help="extra fixed overrides"),
+    out: Optional[Path] = typer.Option(None, "--out", help="table path (default: the sweep's output)"),
+    as_json: bool = typer.Option(False, "--json", help="print the rows as JSON"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Run a scenario once per value of one parameter and write the table."""
+    from belusim.metrics import json_safe
+    from belusim.study import run_sweep
+
+    try:
+        progress = None if quiet else (lambda msg: err.print(f"[dim]{msg}[/]"))
+        res = run_sweep(study, set_, out, progress)
+    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
+        _fail(str(e))
+    if as_json:
+        sys.stdout.write(json.dumps(json_safe(res)) + "\n")
+        return
+    label = res["rows"][0] and next(iter(res["rows"][0]))
+    table = Table(title=f"sweep {res['sweep']}: {res['parameter']}")
+    for c in [label, "system", "phase", "TTFT mean s", "TTFT p99 s", "TPOT mean ms", "QPS", "tier hit"]:
+        table.add_column(str(c))
+    for r in res["rows"]:
+        table.add_row(str(r[label]), r["system"], r["phase"], _fmt(r["ttft_mean_s"]), _fmt(r["ttft_p99_s"]),
+                      _fmt(r["tpot_mean_s"] * 1e3 if r["tpot_mean_s"] == r["tpot_mean_s"] else None, 1),
+                      _fmt(r["qps"]), _fmt(r["tier_hit_ratio"], 2))
+    Console(width=None if sys.stdout.isatty() else 150).print(table)
+    Console().print(f"wrote {res['output']}")
 
 
 @app.command()

@@ -87,8 +87,18 @@ class Cluster:
                 self.tiers = [shared]
                 tier_for_server = {s: shared for s in range(scenario.cluster.servers)}
         compute = ComputeModel.build(scenario.model, scenario.gpu)
+        n_prefill = scenario.cluster.prefill_instances_per_server
+        self.disaggregated = n_prefill is not None
+        if self.disaggregated and kv.kind == "hbm-only":
+            raise SimulationError(
+                f"system {system.name!r}: prefill/decode disaggregation hands KV over through a tier; "
+                "hbm-only has none (use local-dram, rdma-pool or cxl-pool)"
+            )
         self.instances: list[Instance] = []
         for i, place in enumerate(self.paths.places):
+            role = "mixed"
+            if self.disaggregated:
+                role = "prefill" if place.gpu < n_prefill else "decode"
             sched = Scheduler(
                 BlockPool(self.kv_blocks, eng.enable_prefix_caching),
                 eng.block_size,
@@ -100,9 +110,21 @@ class Cluster:
             )
             self.instances.append(
                 Instance(self.env, i, place, sched, compute, self.paths, eng.decode_coalesce_steps,
-                         scenario.gpu.copy_kernel_compute_slowdown, self._finished)
+                         scenario.gpu.copy_kernel_compute_slowdown, self._finished, role)
             )
-        self.router = Router(system.router, [inst.sched for inst in self.instances])
+        # New requests go to instances that prefill; disaggregated decodes have routers of
+        # their own, one per group of instances sharing a tier (a pool: all of them).
+        self.entry = [inst for inst in self.instances if inst.role != "decode"]
+        self.router = Router(system.router, [inst.sched for inst in self.entry])
+        self.decode_routers: dict[int, tuple[list[Instance], Router]] = {}
+        if self.disaggregated:
+            groups: dict[int, list[Instance]] = {}
+            for inst in self.instances:
+                if inst.role == "decode":
+                    groups.setdefault(id(inst.sched.tier), []).append(inst)
+            for members in groups.values():
+                self.decode_routers[id(members[0].sched.tier)] = (
+                    members, Router(system.router, [m.sched for m in members]))
         self._phase_left = 0
         self._phase_done: simpy.Event | None = None
         self._live: dict[int, Request] = {}
@@ -113,6 +135,13 @@ class Cluster:
 
     # -- requests ----------------------------------------------------------------------
     def _finished(self, req: Request) -> None:
+        if req.state is State.FINISHED and req.num_output < req.output_tokens:
+            # A disaggregated prefill is done: hand over once its KV has landed in the tier.
+            if req.saves_in_flight:
+                req.on_saved = self._hand_off
+            else:
+                self._hand_off(req)
+            return
         self._live.pop(id(req), None)
         if req.state is State.FINISHED:
             self.completed += 1
@@ -125,6 +154,12 @@ class Cluster:
         if self._phase_left == 0 and self._phase_done is not None:
             self._phase_done.succeed()
 
+    def _hand_off(self, req: Request) -> None:
+        tier = self.instances[req.instance].sched.tier
+        members, router = self.decode_routers[id(tier)]
+        req.hand_off()
+        members[router.choose(req)].submit(req)
+
     def submit(self, spec, phase: str, on_finish=None) -> Request:
         bs = self.sc.engine.block_size
         keys = spec.block_keys.tolist()
@@ -136,8 +171,9 @@ class Cluster:
         req = Request(spec.req_id, spec.prompt_tokens, spec.output_tokens, keys, self.env.now, phase)
         req.on_finish = on_finish
         self.submitted += 1
-        idx = self.router.choose(req)
-        inst = self.instances[idx]
+        inst = self.entry[self.router.choose(req)]
+        idx = inst.index
+        req.prefill_only = self.disaggregated
         if not inst.sched.can_ever_fit(req):
             req.state = State.REJECTED
             req.instance = idx

@@ -103,6 +103,7 @@ class Instance:
             _firsts, finished, saves = sched.step_done(plan, env.now)
             for save in saves:
                 self.pending_saves += 1
+                save.request.saves_in_flight += 1
                 self._copy_issued(len(save.keys) * self.sched.tier.chunk_blocks)
                 env.process(self._save(save))
             for req in finished:
@@ -145,6 +146,11 @@ class Instance:
         yield from self.paths.save(self.place, save)
         self.sched.tier.end_save(save.keys)
         self.pending_saves -= 1
+        req = save.request
+        req.saves_in_flight -= 1
+        if req.saves_in_flight == 0 and req.on_saved is not None:
+            cb, req.on_saved = req.on_saved, None
+            cb(req)
 
 
 def _steps_covering(elapsed, t: float, k: int) -> int:

@@ -89,17 +89,18 @@ class AffineFit:
                 "points": self.points}
 
 
-def fit_affine(nbytes: Iterable[float], seconds: Iterable[float]) -> AffineFit:
-    """Least squares on relative residuals, a >= 0 and 1/bw >= 0 (scipy lsq_linear)."""
+def fit_affine(nbytes: Iterable[float], seconds: Iterable[float], relative: bool = True) -> AffineFit:
+    """t = a + bytes/bw by least squares with a >= 0 and 1/bw > 0 (scipy lsq_linear), on relative
+    residuals (every size counts alike) or absolute ones (the largest transfers dominate)."""
     x = np.asarray(list(nbytes), dtype=float)
     t = np.asarray(list(seconds), dtype=float)
     keep = np.isfinite(x) & np.isfinite(t) & (t > 0) & (x >= 0)
     x, t = x[keep], t[keep]
     if len(x) < 2 or len(np.unique(x)) < 2:
         raise ValueError("an affine fit needs at least two distinct sizes")
-    w = 1.0 / t
+    w = 1.0 / t if relative else np.full_like(t, 1.0 / t.max())
     A = np.column_stack([w, x * w])
-    res = lsq_linear(A, np.ones_like(t), bounds=([0.0, 1e-18], [np.inf, np.inf]))
+    res = lsq_linear(A, t * w, bounds=([0.0, 1e-18], [np.inf, np.inf]))
     a, inv = res.x
     pred = a + x * inv
     rel = float(np.sqrt(np.mean(((pred - t) / t) ** 2)))
@@ -271,10 +272,11 @@ def fit_gpu(gpu: dict, model: ModelShape | None, peaks: dict | None) -> tuple[di
         rows = [r for r in pg.get("rows", []) if r.get("dir") == d and r.get("seconds")]
         if len(rows) >= 2:
             try:
-                f = fit_affine([r["bytes"] for r in rows], [r["seconds"] for r in rows])
+                f = fit_affine([r["bytes"] for r in rows], [r["seconds"] for r in rows], relative=False)
             except ValueError:
                 continue
-            fitted[key] = entry(f.gbps, f"measured: pageable cudaMemcpy {d.upper()}, fit t = a + bytes/bw over "
+            fitted[key] = entry(f.gbps, f"measured: pageable cudaMemcpy {d.upper()} from/to a touched numpy buffer, "
+                                        f"fit t = a + bytes/bw (absolute residuals: large copies dominate) over "
                                         f"{len(rows)} sizes up to {max(r['bytes'] for r in rows) >> 20} MiB",
                                 **f.detail())
     kv = gpu.get("kv_fragments") or {}
@@ -314,19 +316,28 @@ def fit_gpu(gpu: dict, model: ModelShape | None, peaks: dict | None) -> tuple[di
         g = float(np.mean([f.gbps for f in fits.values()]))
         desc = "; ".join(f"{d}: a = {f.a_us:.3g} us, {f.gbps:.3g} GB/s" for d, f in fits.items())
         ctas = kv.get("kernel_ctas")
+        py = [r.get("host_us_python_launch", 0) - r["host_us"] for r in krows if r.get("host_us_python_launch")]
+        py_txt = f"; a kernel launched through CuPy from Python costs {np.median(py):.3g} us more" if py else ""
         fitted["gpu.copy_kernel_launch_us"] = entry(
-            a, f"measured: one gather/scatter kernel ({ctas} CTAs) reading/writing mapped pinned host memory, "
-               f"issue-to-synchronize time on the host (Python launch included), fit t = a + bytes/bw ({desc})")
+            a, f"measured: one gather/scatter kernel ({ctas} CTAs of {kv.get('kernel_threads', 256)} threads) "
+               f"reading/writing mapped pinned host memory, launched as a one-kernel CUDA graph, issue to stream "
+               f"synchronize on the host; fit t = a + bytes/bw over one 16 KiB piece and 1-{max(r['blocks'] for r in krows)} "
+               f"KV blocks ({desc}{py_txt})")
         fitted["gpu.copy_kernel_gbps"] = entry(
             g, f"measured: same fit, mean of load and store ({desc})")
     inter = gpu.get("interference") or {}
     sl = [v for v in (inter.get("prefill_slowdown"), inter.get("decode_slowdown")) if isinstance(v, (int, float))]
     if sl:
+        rows = ", ".join(f"{r['ctas']} CTAs: {r.get('prefill_slowdown')}/{r.get('decode_slowdown')}"
+                         for r in inter.get("cta_rows", []))
+        dma = inter.get("prefill_slowdown_dma")
         fitted["gpu.copy_kernel_compute_slowdown"] = entry(
             max(0.0, float(np.mean(sl))),
-            f"measured: mean slowdown of a prefill layer and a decode step while a {inter.get('ctas')}-CTA copy "
-            f"kernel streams to host memory (prefill {inter.get('prefill_slowdown')}, decode "
-            f"{inter.get('decode_slowdown')})")
+            f"measured: mean slowdown of a prefill layer (16k context) and a decode step (batch "
+            f"{inter.get('decode_batch')}) while the {inter.get('ctas')}-CTA copy kernel streams to host memory on "
+            f"another stream (prefill/decode: {rows}"
+            + (f"; DMA copies instead: prefill {dma}, decode {inter.get('decode_slowdown_dma')}" if dma is not None else "")
+            + ")")
     comp = gpu.get("compute") or {}
     if model is not None and peaks and comp.get("prefill_rows"):
         try:

@@ -299,6 +299,7 @@ class Shared:
     sm_count: int = 132
     # set by sub-probes for later ones
     store_launch: Callable[[Any], None] | None = None
+    store_launch_ctas: Callable[[int], Callable[[Any], None]] | None = None
     store_bytes: int = 0
     store_ctas: int = 0
     prefill_fn: Callable[[], Any] | None = None
@@ -592,7 +593,9 @@ def probe_kv_fragments(sh: Shared) -> dict:
     top = max(best_by.values())
     ctas = min(c for c, g in best_by.items() if g >= 0.95 * top)
     out["kernel_ctas"] = ctas
+    out["kernel_threads"] = COPY_THREADS
     krows = []
+    keep_graphs: list = []
     for direction in ("load", "store"):
         want = None
         for nb in cfg.kv_blocks:
@@ -611,13 +614,21 @@ def probe_kv_fragments(sh: Shared) -> dict:
                     launch(cu.stream)
                     cu.stream.synchronize()
                     verified = check_store(nb, want)
-            gpu_ms, _ = cu.time_stream(launch, reps=cfg.reps)
-            host_ms = cu.host_roundtrip(launch, reps=cfg.reps)
+            # launched as a one-kernel CUDA graph: the host cost of a low-overhead launch path
+            # (a kernel launched through CuPy from Python pays several more microseconds)
+            g = cu.capture(launch)
+            glaunch = lambda st, g=g: g.launch(stream=st)  # noqa: E731
+            gpu_ms, _ = cu.time_stream(glaunch, reps=cfg.reps)
+            host_ms = cu.host_roundtrip(glaunch, reps=cfg.reps)
+            py_ms = cu.host_roundtrip(launch, reps=cfg.reps)
             krows.append({"dir": direction, "blocks": nb, "bytes": nb * B, "gpu_us": _r(_median(gpu_ms) * 1e3),
-                          "host_us": _r(_median(host_ms) * 1e3),
+                          "host_us": _r(_median(host_ms) * 1e3), "host_us_python_launch": _r(_median(py_ms) * 1e3),
                           "gbps_gpu": _r(nb * B / (_median(gpu_ms) * 1e-3) / 1e9), "verified": verified})
+            keep_graphs.append(g)
     restore_host()
     out["kernel_rows"] = krows
+    out["kernel_launch"] = "host times: issue to stream synchronize of a one-kernel CUDA graph (host_us) or of a " \
+                           "kernel launched through CuPy from Python (host_us_python_launch); gpu_us: CUDA events"
     # Table-4 analogue: one 16 KiB piece by the kernel; and an empty launch for reference
     small = {}
     for direction in ("load", "store"):
@@ -625,13 +636,21 @@ def probe_kv_fragments(sh: Shared) -> dict:
         a, b = np.array([H], dtype=np.uint64), np.array([kv.data.ptr], dtype=np.uint64)
         src_t, dst_t = (cp.asarray(a), cp.asarray(b)) if direction == "load" else (cp.asarray(b), cp.asarray(a))
         launch = lambda st, s=src_t, d=dst_t: cu.frag_copy(s, d, 1, piece, ctas, st)  # noqa: E731
-        gpu_ms, _ = cu.time_stream(launch, reps=50, warmup=5)
-        host_ms = cu.host_roundtrip(launch, reps=50)
-        small[direction] = {"bytes": piece, "gpu_us": _r(_median(gpu_ms) * 1e3), "host_us": _r(_median(host_ms) * 1e3)}
+        g = cu.capture(launch)
+        glaunch = lambda st, g=g: g.launch(stream=st)  # noqa: E731
+        gpu_ms, _ = cu.time_stream(glaunch, reps=50, warmup=5)
+        host_ms = cu.host_roundtrip(glaunch, reps=50)
+        py_ms = cu.host_roundtrip(launch, reps=50)
+        small[direction] = {"bytes": piece, "gpu_us": _r(_median(gpu_ms) * 1e3), "host_us": _r(_median(host_ms) * 1e3),
+                            "host_us_python_launch": _r(_median(py_ms) * 1e3)}
+        keep_graphs.append((g, src_t, dst_t))
     z = cp.zeros(1, dtype=cp.uint64)
     empty = lambda st: cu.frag_copy(z, z, 0, 16, 1, st)  # noqa: E731
-    small["empty_launch_host_us"] = _r(_median(cu.host_roundtrip(empty, reps=50)) * 1e3)
+    g = cu.capture(empty)
+    small["empty_kernel_host_us"] = _r(_median(cu.host_roundtrip(lambda st: g.launch(stream=st), reps=50)) * 1e3)
+    small["empty_kernel_host_us_python_launch"] = _r(_median(cu.host_roundtrip(empty, reps=50)) * 1e3)
     out["kernel_small"] = small
+    keep_graphs.append((g, z))
 
     # 3. one contiguous cudaMemcpyAsync + an on-GPU scatter (or gather + one copy back)
     crow = []
@@ -671,10 +690,11 @@ def probe_kv_fragments(sh: Shared) -> dict:
 
     # keep a store launch for the interference probe
     src_t, dst_t = dev_tables(nb_max, H, "store")
-    sh.store_launch = lambda st, s=src_t, d=dst_t: cu.frag_copy(s, d, nb_max * J, F, ctas, st)
+    sh.store_launch = lambda st, c=ctas, s=src_t, d=dst_t: cu.frag_copy(s, d, nb_max * J, F, c, st)
+    sh.store_launch_ctas = lambda c, s=src_t, d=dst_t: (lambda st: cu.frag_copy(s, d, nb_max * J, F, c, st))
     sh.store_bytes = nb_max * B
     sh.store_ctas = ctas
-    sh.keep += [kv, stage, dev_tabs]
+    sh.keep += [kv, stage, dev_tabs, keep_graphs]
     return out
 
 
@@ -925,7 +945,8 @@ def probe_interference(sh: Shared) -> dict:
     copy_ms = _median(cu.time_stream(sh.store_launch, reps=3)[0])
 
     def with_copies(fn, fn_ms, launch) -> tuple[float, float]:
-        k = max(2, int(math.ceil(1.5 * reps * fn_ms / max(copy_ms, 1e-3))))
+        one_ms = _median(cu.time_stream(launch, reps=2)[0])
+        k = max(2, int(math.ceil(1.5 * reps * fn_ms / max(one_ms, 1e-3))))
         s = cu.stream
         e0, e1 = cp.cuda.Event(), cp.cuda.Event()
         e0.record(s)
@@ -936,16 +957,28 @@ def probe_interference(sh: Shared) -> dict:
         s.synchronize()
         return _median(times), k * sh.store_bytes / (cp.cuda.get_elapsed_time(e0, e1) * 1e-3) / 1e9
 
-    out: dict[str, Any] = {"ctas": sh.store_ctas, "copy_alone_gbps": _r(sh.store_bytes / (copy_ms * 1e-3) / 1e9)}
+    out: dict[str, Any] = {"ctas": sh.store_ctas, "copy_alone_gbps": _r(sh.store_bytes / (copy_ms * 1e-3) / 1e9),
+                           "method": "copy kernels queued back to back on their own stream, compute timed with "
+                                     "CUDA events on another stream meanwhile"}
     p_alone = _median(compute_times(sh.prefill_fn))
-    p_with, p_rate = with_copies(sh.prefill_fn, p_alone, sh.store_launch)
-    out.update({"prefill_alone_ms": _r(p_alone), "prefill_with_copy_ms": _r(p_with),
-                "prefill_slowdown": _r(p_with / p_alone - 1, 3), "copy_gbps_during_prefill": _r(p_rate)})
-    if sh.decode_fn is not None:
-        d_alone = _median(compute_times(sh.decode_fn))
-        d_with, d_rate = with_copies(sh.decode_fn, d_alone, sh.store_launch)
-        out.update({"decode_batch": sh.decode_batch, "decode_alone_ms": _r(d_alone), "decode_with_copy_ms": _r(d_with),
-                    "decode_slowdown": _r(d_with / d_alone - 1, 3), "copy_gbps_during_decode": _r(d_rate)})
+    d_alone = _median(compute_times(sh.decode_fn)) if sh.decode_fn is not None else None
+    rows = []
+    for ctas in sorted({2, sh.store_ctas, 32}):
+        launch = sh.store_launch_ctas(ctas) if sh.store_launch_ctas else sh.store_launch
+        copy_ms = _median(cu.time_stream(launch, reps=3)[0])
+        p_with, p_rate = with_copies(sh.prefill_fn, p_alone, launch)
+        row = {"ctas": ctas, "copy_alone_gbps": _r(sh.store_bytes / (copy_ms * 1e-3) / 1e9),
+               "prefill_with_copy_ms": _r(p_with), "prefill_slowdown": _r(p_with / p_alone - 1, 3),
+               "copy_gbps_during_prefill": _r(p_rate)}
+        if d_alone is not None:
+            d_with, d_rate = with_copies(sh.decode_fn, d_alone, launch)
+            row.update({"decode_with_copy_ms": _r(d_with), "decode_slowdown": _r(d_with / d_alone - 1, 3),
+                        "copy_gbps_during_decode": _r(d_rate)})
+        rows.append(row)
+        if ctas == sh.store_ctas:
+            out.update({k: v for k, v in row.items() if k != "ctas"})
+    out.update({"prefill_alone_ms": _r(p_alone), "decode_batch": sh.decode_batch,
+                "decode_alone_ms": _r(d_alone) if d_alone else None, "cta_rows": rows})
     # DMA (copy engine) instead of the kernel, for comparison
     buf = sh.store_bytes
     D = cp.empty(buf, dtype=cp.uint8)
@@ -954,6 +987,9 @@ def probe_interference(sh: Shared) -> dict:
     p_dma, dma_rate = with_copies(sh.prefill_fn, p_alone, dma)
     out.update({"prefill_with_dma_ms": _r(p_dma), "prefill_slowdown_dma": _r(p_dma / p_alone - 1, 3),
                 "dma_gbps_during_prefill": _r(dma_rate)})
+    if d_alone is not None:
+        d_dma, _ = with_copies(sh.decode_fn, d_alone, dma)
+        out.update({"decode_with_dma_ms": _r(d_dma), "decode_slowdown_dma": _r(d_dma / d_alone - 1, 3)})
     del D
     return out
 

@@ -142,7 +142,7 @@ def load_model_shape(name: str) -> tuple[ModelShape, str]:
         except yaml.YAMLError as e:
             raise CalibrationError(f"{path}: invalid YAML: {e}") from None
         data.setdefault("id", name)
-        return shape_from_dict(data, str(path)), str(path)
+        return shape_from_dict(data, str(path)), f"models/llms/{name}.yaml"
     if name in BUILTIN_LLMS:
         return shape_from_dict(BUILTIN_LLMS[name], "built-in"), "built-in card (belusim.calibration.models)"
     raise CalibrationError(f"unknown model {name!r}: no {path} and no built-in card (built in: {sorted(BUILTIN_LLMS)})")
@@ -163,7 +163,8 @@ def nominal_gpu_peaks(device_name: str) -> tuple[str, float, float, str] | None:
 
                     card = yaml.safe_load(path.read_text()) or {}
                     if card.get("dense_bf16_tflops") and card.get("hbm_gbps"):
-                        return card_id, float(card["dense_bf16_tflops"]), float(card["hbm_gbps"]), str(path)
+                        return (card_id, float(card["dense_bf16_tflops"]), float(card["hbm_gbps"]),
+                                f"models/gpus/{card_id}.yaml")
             except Exception:  # a malformed card falls back to the table
                 pass
             return card_id, tflops, gbps, "built-in nominal figures (belusim.calibration.models)"

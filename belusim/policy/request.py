@@ -43,6 +43,9 @@ class Request:
         "on_finish",
         "lookup_s",
         "probe",
+        "saves_in_flight",
+        "on_saved",
+        "handed_off",
     )
 
     def __init__(self, req_id: int, prompt_tokens: int, output_tokens: int, keys: list[int], arrival: float,
@@ -78,6 +81,9 @@ class Request:
         # last prefix probe (hbm blocks, tier blocks, evictions seen): a waiting request that
         # is probed again resumes the walk where it stopped if nothing was evicted since
         self.probe = (0, 0, -1, -1)
+        self.saves_in_flight = 0
+        self.on_saved = None  # callback(request) when its last save lands (disaggregation)
+        self.handed_off = False  # moved from a prefill instance to a decode instance
 
     @property
     def known_tokens(self) -> int:
@@ -95,6 +101,17 @@ class Request:
     @property
     def remaining_outputs(self) -> int:
         return self.output_tokens - self.num_output
+
+    def hand_off(self) -> None:
+        """Reset the engine-side state so that a decode instance can take the request."""
+        self.state = State.WAITING
+        self.num_computed = 0
+        self.cached_keys = []
+        self.private_blocks = 0
+        self.looked_up = False
+        self.prefill_only = False
+        self.handed_off = True
+        self.probe = (0, 0, -1, -1)
 
     def __repr__(self) -> str:
         return (f"Request({self.req_id}, {self.state.value}, prompt={self.prompt_tokens}, "

@@ -95,7 +95,7 @@ class Scheduler:
     def add(self, req: Request) -> None:
         req.state = State.WAITING
         self.waiting.append(req)
-        self.outstanding_tokens += req.prompt_tokens + req.output_tokens
+        self.outstanding_tokens += req.prompt_tokens + req.output_tokens - req.num_output
 
     @property
     def idle(self) -> bool:
@@ -216,7 +216,7 @@ class Scheduler:
             return False
         pool.acquire_cached(hit_keys)
         req.cached_keys = list(hit_keys)
-        if req.preemptions == 0:
+        if req.preemptions == 0 and not req.handed_off:
             req.hbm_hit_tokens = hbm * bs
             req.tier_hit_tokens = ext * bs
         self._set_computed(req, hbm * bs)
