@@ -20,7 +20,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 try:  # sub-apps live beside the layers they drive
     from belusim.workloads.cli import trace_app
@@ -230,6 +230,37 @@ def show(
     except ConfigError as e:
         _fail(str(e))
     sys.stdout.write(yaml.safe_dump(resolved, sort_keys=False))
+
+
+@app.command()
+def cards(
+    kind: Optional[str] = typer.Argument(None, help="one folder of models/ (default: all)"),
+    markdown: bool = typer.Option(False, "--markdown", help="print Markdown tables (for docs)"),
+):
+    """Every figure of every model card with its source."""
+    from belusim.config import CARD_KINDS, list_cards, load_card
+
+    kinds = [kind] if kind else list(CARD_KINDS)
+    for k in kinds:
+        if k not in CARD_KINDS:
+            _fail(f"no card kind {k!r}; kinds: {list(CARD_KINDS)}")
+        for cid in list_cards(k):
+            try:
+                card = load_card(k, cid)
+            except ConfigError as e:
+                _fail(str(e))
+            values = card.model_dump(exclude={"id", "description", "sources"})
+            if markdown:
+                sys.stdout.write(f"\n### {k}/{cid}\n\n{card.description}\n\n| field | value | source |\n|---|---|---|\n")
+                for f, v in values.items():
+                    sys.stdout.write(f"| {f} | {v} | {card.sources.get(f, '')} |\n")
+            else:
+                table = Table(title=f"{k}/{cid}: {card.description}")
+                for c in ("field", "value", "source"):
+                    table.add_column(c)
+                for f, v in values.items():
+                    table.add_row(f, str(v), card.sources.get(f, ""))
+                Console().print(table)
 
 
 @app.command("list")

@@ -562,6 +562,13 @@ def resolve_scenario(
     else:
         path = Path(source)
         raw, where, base_dir = _read_yaml(path), str(path), path.resolve().parent
+    sets = parse_set(overrides or [])
+    # A card-valued field set to a card id (--set gpu=h100) is applied before the cards
+    # are expanded; everything else after, so it can reach into a card.
+    early = [(k, v) for k, v in sets if k in CARD_FIELDS]
+    raw = copy.deepcopy(raw)
+    for key, value in early:
+        set_path(raw, key, value)
     data = _expand_cards(raw, where)
     cal = calibration or data.get("calibration")
     if cal:
@@ -570,8 +577,9 @@ def resolve_scenario(
             set_path(data, key, value, where=str(prof))
             _note_source(data, key, f"measured: calibration profile {prof.name}")
         data["calibration"] = str(cal)
-    for key, value in parse_set(overrides or []):
-        set_path(data, key, value)
+    for key, value in sets:
+        if key not in CARD_FIELDS:
+            set_path(data, key, value)
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as e:

@@ -40,6 +40,7 @@ class Instance:
         # kernel_slowdown x the overlap. Estimated when the copy is issued, at the kernel's
         # nominal rate, so that the step's length is known when it starts.
         self._copy_busy_until = 0.0
+        self.tier_peers: list[Instance] = []  # instances sharing this one's tier (set by the cluster)
         self.process = env.process(self.run())
 
     def submit(self, req: Request) -> None:
@@ -84,8 +85,11 @@ class Instance:
                 self._wake = None
                 continue
             start = env.now
-            rpc = self.paths.lookup_time(plan.lookups, 0, env.now) if plan.lookups else 0.0
-            if plan.pure_decode and self.coalesce > 1 and not waits:
+            rpc = self.paths.lookup_time(plan.lookups, plan.lookup_keys, env.now) if plan.lookups else 0.0
+            # A stretch needs a steady step: no copy kernel overlapping it (its slowdown is
+            # per step) and nothing new to admit.
+            if (plan.pure_decode and self.coalesce > 1 and not waits
+                    and self._copy_busy_until <= env.now):
                 k = sched.decode_horizon(self.coalesce)
                 if k > 1:
                     yield from self._decode_stretch(plan, k, rpc)
@@ -113,12 +117,12 @@ class Instance:
         env = self.env
         batch, c0 = len(plan.scheduled), plan.decode_context
         a, b = self.compute.decode_run(batch, c0)
-        # interference is taken at the stretch's start and spread over it
-        base = k * a + b * (k * c0 + batch * k * (k - 1) / 2)
-        slow = self._with_interference(base) / base if base > 0 else 1.0
+        # A blocked waiting request is looked up again at every step: its metadata RPC
+        # recurs (the server is idle between them at these rates, so each costs `rpc`).
+        a += rpc
 
         def elapsed(m: int) -> float:
-            return rpc + slow * (m * a + b * (m * c0 + batch * m * (m - 1) / 2))
+            return m * a + b * (m * c0 + batch * m * (m - 1) / 2)
 
         self._wake = wake = env.event()
         start = env.now
@@ -132,6 +136,8 @@ class Instance:
             yield env.timeout(max(0.0, elapsed(steps) - gone))
         self.steps += steps
         self.step_events += 1
+        if rpc and steps > 1:
+            self.paths.stats.rpc_calls += (steps - 1) * max(plan.lookups, 1)
         for req in self.sched.advance_decode(plan, steps, env.now):
             self.on_finish(req)
 
@@ -146,6 +152,12 @@ class Instance:
         yield from self.paths.save(self.place, save)
         self.sched.tier.end_save(save.keys)
         self.pending_saves -= 1
+        # The tier grew: an instance whose waiting request is blocked would see it at its
+        # next step, so a decode stretch must end there.
+        for peer in self.tier_peers:
+            sched = peer.sched
+            if len(sched.waiting) > sched.loading:
+                peer.notify()
         req = save.request
         req.saves_in_flight -= 1
         if req.saves_in_flight == 0 and req.on_saved is not None:

@@ -83,9 +83,11 @@ class Fabric:
         links = tuple(links)
         if not links and not math.isfinite(cap_gbps):
             raise ValueError("a flow needs at least one link or a finite rate cap")
+        if not cap_gbps > 0:
+            raise ValueError(f"a flow's rate cap must be positive, got {cap_gbps}")
         self._advance()
         f = Flow(nbytes, links, cap_gbps * 1e9, done, remaining=nbytes, started=self.env.now)
-        for link in links:
+        for link in set(links):  # a path may cross one link twice (both ends in one DRAM)
             if not link.flows:
                 link._busy_since = self.env.now
             link.flows.add(f)
@@ -131,6 +133,7 @@ class Fabric:
             if f.remaining <= _EPS_BYTES or (f.rate > 0 and f.remaining / f.rate < 1e-12):
                 for link in f.links:
                     link.bytes_carried += f.remaining
+                for link in set(f.links):
                     link.flows.discard(f)
                     if not link.flows:
                         link.busy_time += now - link._busy_since

@@ -145,7 +145,7 @@ class KVPaths:
         """Metadata RPCs of the tier lookups done while scheduling one step (blocking)."""
         if lookups == 0 or self._rpc_kind() == "none":
             return 0.0
-        calls = lookups * max(1, math.ceil(keys / self.kv.rpc_keys_per_call))
+        calls = max(lookups, math.ceil(keys / self.kv.rpc_keys_per_call))
         self.stats.rpc_calls += calls
         t = self.rpc.call(now, calls)
         self.stats.breakdown["rpc"] += t
@@ -178,8 +178,10 @@ class KVPaths:
         else:
             calls = nblocks * self.fragments_per_block
             per_call = gpu.memcpy_call_us
-            if pool_is_cxl and self.kv.coherence == "uncacheable" and self.fragment_bytes < gpu.memcpy_uncacheable_threshold_kb * 1024:
-                per_call = gpu.memcpy_uncacheable_small_us  # CPU-driven fallback (beluga.md §2)
+            small = self.fragment_bytes < gpu.memcpy_uncacheable_threshold_kb * 1024
+            if pool_is_cxl and direction == "load" and self.kv.coherence == "uncacheable" and small:
+                # copies *from* uncacheable memory this small fall back to CPU copies (beluga.md §2)
+                per_call = gpu.memcpy_uncacheable_small_us
             launch = calls * per_call * 1e-6
         coherence = 0.0
         if pool_is_cxl and self.kv.coherence == "flush":
@@ -196,8 +198,12 @@ class KVPaths:
     def load(self, place: GPUPlace, load: Load):
         nbytes = load.num_blocks * self.block_bytes
         t0 = self.env.now
-        keys = load.request.keys[load.first_block:load.first_block + load.num_blocks]
-        yield from self._move(place, nbytes, load.num_blocks, "load", keys)
+        # the chunks (named by their last block's key) the load reads from, as saved
+        c, first = self._chunk_blocks, load.first_block
+        keys = load.request.keys
+        names = [keys[min(len(keys), (i + 1) * c) - 1]
+                 for i in range(first // c, (first + load.num_blocks - 1) // c + 1)]
+        yield from self._move(place, nbytes, load.num_blocks, "load", names)
         self.stats.loads += 1
         self.stats.load_bytes += nbytes
         self.stats.load_time_s += self.env.now - t0

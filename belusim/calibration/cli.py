@@ -54,10 +54,10 @@ class _RichReporter:
 
 def summary_table(prof: dict, title: str | None = None, sources: bool = True, width: int = 100) -> Table:
     t = Table(title=title or f"calibration profile {prof.get('name')!r}", show_lines=False)
-    width = max((len(k) for k in prof.get("fitted", {})), default=10)
-    t.add_column("parameter", style="cyan", no_wrap=True, min_width=width)
+    key_width = max((len(k) for k in prof.get("fitted", {})), default=10)
+    t.add_column("parameter", style="cyan", no_wrap=True, min_width=key_width)
     t.add_column("value", justify="right", no_wrap=True, min_width=8)
-    rest = max(16, width - max((len(k) for k in prof.get("fitted", {})), default=10) - 20)
+    rest = max(16, width - key_width - 20)
     t.add_column("source" if sources else "meaning", overflow="ellipsis", no_wrap=True, max_width=rest)
     for key, v in prof.get("fitted", {}).items():
         value = v.get("value") if isinstance(v, dict) else v

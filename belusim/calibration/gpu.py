@@ -963,7 +963,7 @@ def probe_interference(sh: Shared) -> dict:
     p_alone = _median(compute_times(sh.prefill_fn))
     d_alone = _median(compute_times(sh.decode_fn)) if sh.decode_fn is not None else None
     rows = []
-    for ctas in sorted({2, sh.store_ctas, 32}):
+    for ctas in sorted(set(sh.cfg.kernel_ctas) | {sh.store_ctas}):
         launch = sh.store_launch_ctas(ctas) if sh.store_launch_ctas else sh.store_launch
         copy_ms = _median(cu.time_stream(launch, reps=3)[0])
         p_with, p_rate = with_copies(sh.prefill_fn, p_alone, launch)

@@ -32,6 +32,8 @@ class Router:
             if loads[i] > cap:
                 continue
             hit = s.pool.match_prefix(req.keys, len(req.keys))
+            if self.cfg.use_tier_hits and s.tier is not None:
+                hit = max(hit, s.tier.match(req.keys, len(req.keys)))
             key = (hit, -loads[i])
             if best_key is None or key > best_key:
                 best, best_key = i, key

@@ -52,6 +52,7 @@ class StepPlan:
     admitted: int = 0
     preempted: int = 0
     lookups: int = 0  # tier lookups done while scheduling (metadata RPCs)
+    lookup_keys: int = 0  # chunk names those lookups asked about
 
     @property
     def pure_decode(self) -> bool:
@@ -204,6 +205,7 @@ class Scheduler:
         tier_blocks = 0
         if tier is not None:
             plan.lookups += 1
+            plan.lookup_keys += max(1, limit // tier.chunk_blocks)
             tier_blocks = tier.match(req.keys, limit, min(p_tier, limit))
         req.probe = (hbm, tier_blocks, pool.evictions, tier_ev)
         ext = max(0, tier_blocks - hbm)
@@ -346,15 +348,17 @@ class Scheduler:
         return lo
 
     def advance_decode(self, plan: StepPlan, steps: int, now: float) -> list[Request]:
-        """Apply `steps` pure-decode steps of `plan`'s batch; returns the finished requests."""
+        """Apply `steps` pure-decode steps of `plan`'s batch; returns the finished requests.
+        Every request takes its blocks before any finishes, as stepping one at a time would."""
         bs, pool = self.bs, self.pool
-        extra = steps - 1
-        finished = []
-        for req, _n in plan.scheduled:
-            if extra:
+        batch = [req for req, _n in plan.scheduled]
+        if steps > 1:
+            for req in batch:
                 need = blocks_for(req.num_computed + steps, bs) - req.blocks_held
                 pool.allocate(need)
                 req.private_blocks += need
+        finished = []
+        for req in batch:
             req.num_computed += steps
             req.num_output += steps
             self.outstanding_tokens -= steps  # context growth is past the prompt: only outputs count
@@ -368,6 +372,12 @@ class Scheduler:
 
     def check(self) -> None:
         self.pool.check()
-        held = sum(r.blocks_held for r in self.running) + sum(r.blocks_held for r in self.waiting)
-        if held != self.pool.in_use:
-            raise AssertionError(f"KV blocks leaked: requests hold {held}, pool counts {self.pool.in_use}")
+        live = list(self.running) + list(self.waiting)
+        private = sum(r.private_blocks for r in live)
+        refs = sum(len(r.cached_keys) for r in live)
+        if refs != sum(self.pool.refcount.values()):
+            raise AssertionError(f"cached-block references: requests hold {refs}, the pool counts "
+                                 f"{sum(self.pool.refcount.values())}")
+        if private + len(self.pool.refcount) != self.pool.in_use:
+            raise AssertionError(f"KV blocks leaked: requests hold {private} private + "
+                                 f"{len(self.pool.refcount)} cached, the pool counts {self.pool.in_use}")

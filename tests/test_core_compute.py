@@ -1,0 +1,101 @@
+"""Compute model: the roofline pieces of one step and the closed form of a decode run."""
+
+from __future__ import annotations
+
+import pytest
+
+from belusim.compute import ComputeModel, layer_decode_time, layer_prefill_time
+from belusim.config import GB, load_card
+
+
+@pytest.fixture
+def cm():
+    return ComputeModel.build(load_card("llms", "qwen3-32b"), load_card("gpus", "h20"))
+
+
+def test_build_from_cards():
+    m, g = load_card("llms", "qwen3-32b"), load_card("gpus", "h20")
+    cm = ComputeModel.build(m, g)
+    assert cm.peak_flops == g.dense_bf16_tflops * 1e12
+    assert cm.linear_rate == pytest.approx(g.dense_bf16_tflops * 1e12 * g.linear_efficiency)
+    assert cm.attn_rate == pytest.approx(g.dense_bf16_tflops * 1e12 * g.attention_efficiency)
+    assert cm.mem_rate == pytest.approx(g.hbm_gbps * 1e9 * g.decode_bandwidth_efficiency)
+    assert cm.attn_flops_coeff == 4 * 64 * 64 * 128
+    assert cm.weight_bytes == 60.0 * GB
+    assert cm.kv_bytes_per_token == 256 * 1024
+    assert cm.step_overhead_s == pytest.approx(g.step_overhead_us * 1e-6)
+    # FP8 weights use the FP8 peak for GEMMs but attention stays at bf16
+    fp8 = ComputeModel.build(load_card("llms", "qwen3-32b-fp8"), g)
+    assert fp8.linear_rate == pytest.approx(g.dense_fp8_tflops * 1e12 * g.linear_efficiency)
+    assert fp8.attn_rate == pytest.approx(cm.attn_rate)
+
+
+def test_llm_params_and_linear_flops():
+    m = load_card("llms", "llama-3.1-8b")
+    per_layer = 4096 * 32 * 128 * 2 + 4096 * 8 * 128 * 2 + 3 * 4096 * 14336
+    assert m.params_per_layer == per_layer
+    assert m.params == 32 * per_layer + 2 * 128256 * 4096
+    assert m.linear_flops_per_token == 2.0 * (32 * per_layer + 128256 * 4096)
+    assert m.weight_bytes == m.params * 2  # no weight_gb on this card: derived
+
+
+def test_zero_tokens_take_no_time(cm):
+    assert cm.step_time(0, 0.0, 0) == 0.0
+
+
+def test_small_batch_is_weight_bound(cm):
+    t = cm.step_time(1, 0.0, 0)
+    weights = cm.weight_bytes / cm.mem_rate
+    assert 1 * cm.linear_flops_per_token / cm.linear_rate < weights
+    assert t == pytest.approx(cm.step_overhead_s + weights, rel=1e-12)
+
+
+def test_large_prefill_is_flop_bound_with_attention(cm):
+    n, c = 2048, 4096
+    units = n * (c + n / 2)
+    t = cm.step_time(n, units, 0)
+    linear = n * cm.linear_flops_per_token / cm.linear_rate
+    assert linear > cm.weight_bytes / cm.mem_rate
+    attention = units * cm.attn_flops_coeff / cm.attn_rate
+    assert t == pytest.approx(cm.step_overhead_s + linear + attention, rel=1e-12)
+    # the attention term is linear in its units
+    assert cm.step_time(n, 2 * units, 0) - t == pytest.approx(attention, rel=1e-9)
+
+
+def test_kv_read_term_of_decoders(cm):
+    t0 = cm.step_time(8, 0.0, 0)
+    t1 = cm.step_time(8, 0.0, 100_000)
+    assert t1 - t0 == pytest.approx(100_000 * cm.kv_bytes_per_token / cm.mem_rate, rel=1e-9)
+
+
+def test_linear_term_is_max_of_flops_and_weights(cm):
+    # the crossover batch where the GEMMs become slower than streaming the weights
+    cross = cm.weight_bytes / cm.mem_rate * cm.linear_rate / cm.linear_flops_per_token
+    below, above = int(cross * 0.5), int(cross * 2)
+    assert cm.step_time(below, 0, 0) == pytest.approx(cm.step_overhead_s + cm.weight_bytes / cm.mem_rate)
+    assert cm.step_time(above, 0, 0) == pytest.approx(
+        cm.step_overhead_s + above * cm.linear_flops_per_token / cm.linear_rate)
+
+
+@pytest.mark.parametrize("batch,c0,m", [(1, 100, 1), (3, 5000, 7), (40, 123_457, 300), (300, 10, 50)])
+def test_decode_run_closed_form_equals_sum_of_steps(cm, batch, c0, m):
+    a, b = cm.decode_run(batch, c0)
+    closed = m * a + b * (m * c0 + batch * m * (m - 1) / 2)
+    summed = sum(cm.step_time(batch, 0.0, c0 + j * batch) for j in range(m))
+    assert closed == pytest.approx(summed, rel=1e-12)
+    assert a + b * c0 == pytest.approx(cm.step_time(batch, 0.0, c0), rel=1e-12)
+
+
+def test_layer_forms_times_layers_match_step_without_overhead():
+    m, g = load_card("llms", "qwen2.5-32b"), load_card("gpus", "h20")
+    cm = ComputeModel.build(m, g)
+    n, c = 1024, 2048
+    per_layer = layer_prefill_time(m, g, n, c)
+    attn = 4 * m.q_heads * m.head_dim * n * (c + n / 2) / cm.attn_rate
+    assert per_layer == pytest.approx(n * m.params_per_layer * 2 / cm.linear_rate + attn, rel=1e-12)
+    # summed over layers, the attention part equals the step model's attention term
+    assert m.layers * attn == pytest.approx(n * (c + n / 2) * cm.attn_flops_coeff / cm.attn_rate, rel=1e-12)
+    d = layer_decode_time(m, g, 4, 1000)
+    lw = m.params_per_layer * m.weight_bytes_per_param
+    assert d == pytest.approx(max(4 * m.params_per_layer * 2 / cm.linear_rate, lw / cm.mem_rate)
+                              + 4 * 1000 * m.kv_bytes_per_token / m.layers / cm.mem_rate, rel=1e-12)

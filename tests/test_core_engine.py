@@ -1,0 +1,297 @@
+"""Engine and cluster: exactness of coalesced decode, conservation, rejection, seeds, tiers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from belusim.cluster import Cluster, SimulationError, simulate
+from belusim.config import resolve_scenario
+from belusim.metrics import RECORD_FIELDS, Recorder, summarize
+from belusim.runner import run_scenario
+from belusim.workloads.spec import RequestSpec, Workload
+
+COL = {k: i for i, k in enumerate(RECORD_FIELDS)}
+
+
+def _open_workload(seed: int = 3, n: int = 14) -> Workload:
+    """Staggered open-loop arrivals; every 5th request repeats a prompt prefix family."""
+    rng = np.random.default_rng(seed)
+    specs, t = [], 0.0
+    for i in range(n):
+        t += float(rng.exponential(0.25))
+        prompt = int(rng.integers(100, 1500))
+        keys = np.arange(prompt // 16, dtype=np.int64) + (i % 5 + 1) * 1_000_000
+        specs.append(RequestSpec(i, prompt, int(rng.integers(5, 120)), keys, arrival_s=t))
+    return Workload(specs, 16, "open")
+
+
+def _scenario(kv: dict, blocks: int, gpus: int, coalesce: int, slowdown: float | None = 0.0, budget: int = 512):
+    d = {
+        "name": "coalesce",
+        "model": "qwen3-32b",
+        "gpu": "h20" if slowdown is None else {"card": "h20", "copy_kernel_compute_slowdown": slowdown},
+        "cluster": {"servers": 1, "gpus_per_server": gpus},
+        "engine": {"kv_blocks": blocks, "decode_coalesce_steps": coalesce, "max_num_batched_tokens": budget},
+        "systems": [{"name": "s", "kv": kv}],
+        "workload": {"kind": "lveval-synthetic", "num_prompts": 1},
+    }
+    return resolve_scenario(d)[0]
+
+
+def _play(kv: dict, blocks: int, gpus: int, coalesce: int, slowdown: float | None = 0.0, phases: int = 2):
+    sc = _scenario(kv, blocks, gpus, coalesce, slowdown)
+    rec = Recorder()
+    cluster = Cluster(sc, sc.systems[0], rec)
+    for p in range(phases):
+        cluster.run_phase(f"p{p}", _open_workload(), 1e6)
+    cluster.drain()
+    checks = cluster.check()
+    times = {(r[COL["phase"]], r[COL["req_id"]]): (r[COL["first_token_s"]], r[COL["finish_s"]]) for r in rec.rows}
+    return times, cluster, checks
+
+
+def _assert_same_times(kv, blocks, gpus, slowdown=0.0, need_loads=False):
+    step_by_step, c1, _ = _play(kv, blocks, gpus, 1, slowdown)
+    coalesced, c2, _ = _play(kv, blocks, gpus, 512, slowdown)
+    assert step_by_step.keys() == coalesced.keys() and len(coalesced) == 28
+    for key, (ft, fin) in step_by_step.items():
+        ft2, fin2 = coalesced[key]
+        assert ft2 == pytest.approx(ft, rel=1e-9, abs=0), key
+        assert fin2 == pytest.approx(fin, rel=1e-9, abs=0), key
+    # the same engine steps, and the fast path really coalesced them
+    assert sum(i.steps for i in c2.instances) == sum(i.steps for i in c1.instances)
+    assert sum(i.step_events for i in c2.instances) < sum(i.steps for i in c2.instances) / 2
+    if need_loads:
+        assert c1.paths.stats.loads > 0 and c1.paths.stats.saves > 0
+        assert c2.paths.stats.loads == c1.paths.stats.loads
+    return c1, c2
+
+
+# --------------------------------------------------------------------------- coalesced decode
+
+
+def test_coalesced_decode_is_exact_hbm_only():
+    _assert_same_times({"kind": "hbm-only"}, blocks=2000, gpus=2)
+
+
+def test_coalesced_decode_is_exact_with_tier_loads_and_saves():
+    _assert_same_times({"kind": "local-dram"}, blocks=2000, gpus=2, need_loads=True)
+
+
+def test_coalesced_decode_is_exact_with_cxl_pool_and_preemption_pressure():
+    # tight HBM (300 blocks): evictions and tier loads; no metadata RPC, no copy interference
+    _assert_same_times({"kind": "cxl-pool", "metadata_rpc": "none"}, blocks=300, gpus=2, need_loads=True)
+
+
+def test_coalesced_decode_is_exact_under_hbm_pressure():
+    _c1, _c2 = _assert_same_times({"kind": "hbm-only"}, blocks=150, gpus=1)
+
+
+def test_coalesced_decode_same_hbm_evictions():
+    _t1, c1, _ = _play({"kind": "local-dram"}, 300, 1, 1)
+    _t2, c2, _ = _play({"kind": "local-dram"}, 300, 1, 512)
+    assert sum(i.sched.pool.evictions for i in c2.instances) == sum(i.sched.pool.evictions for i in c1.instances)
+
+
+def test_coalesced_decode_is_exact_when_saves_land_during_a_stretch():
+    _assert_same_times({"kind": "local-dram"}, blocks=150, gpus=2)
+
+
+def test_coalesced_decode_is_exact_with_copy_kernel_interference():
+    _assert_same_times({"kind": "local-dram"}, blocks=2000, gpus=1, slowdown=None)
+
+
+def test_coalesced_decode_is_exact_with_metadata_rpc_lookups():
+    _assert_same_times({"kind": "cxl-pool"}, blocks=300, gpus=1)
+
+
+# --------------------------------------------------------------------------- conservation
+
+
+@pytest.mark.parametrize("kind", ["hbm-only", "local-dram", "rdma-pool", "cxl-pool"])
+def test_invariants_at_end_of_run(scenario_dict, kind):
+    kv = {"kind": kind}
+    if kind == "rdma-pool":
+        kv["chunk_tokens"] = 256
+    sc, _ = resolve_scenario(scenario_dict(systems=[{"name": kind, "kv": kv}]))
+    run = simulate(sc, sc.systems[0], Recorder())
+    c = run.checks
+    assert c["kv_blocks_in_use_at_end"] == 0
+    assert c["bytes_requested"] == pytest.approx(c["bytes_delivered"], rel=1e-9)
+    assert c["requests_submitted"] == c["requests_finished"] + c["requests_rejected"] == 12
+    assert c["requests_rejected"] == 0
+    if kind == "hbm-only":
+        assert c["bytes_requested"] == 0 and c["tier_bytes_moved"] == 0
+        assert run.transfers["loads"] == 0 and run.transfers["saves"] == 0
+        assert not run.link_utilisation
+    else:
+        assert run.transfers["saves"] > 0 and c["tier_bytes_moved"] > 0
+    for s in run.summaries:
+        assert s["requests"] == s["completed"] == 6 and s["unfinished"] == 0
+
+
+def test_request_that_cannot_fit_is_rejected_with_a_reason(scenario_dict):
+    sc, _ = resolve_scenario(scenario_dict(engine={"kv_blocks": 50}))  # 800 tokens of KV
+    rec = Recorder()
+    cluster = Cluster(sc, sc.systems[0], rec)
+    specs = [
+        RequestSpec(0, 300, 10, np.arange(18, dtype=np.int64) + 10, arrival_s=0.0),
+        RequestSpec(1, 790, 20, np.arange(49, dtype=np.int64) + 100, arrival_s=0.1),  # 810 tokens > 800
+        RequestSpec(2, 200, 5, np.arange(12, dtype=np.int64) + 1000, arrival_s=0.2),
+    ]
+    cluster.run_phase("p", Workload(specs, 16, "open"), 1e6)
+    cluster.drain()
+    checks = cluster.check()
+    assert checks["requests_rejected"] == 1 and checks["requests_finished"] == 2
+    rows = {r[COL["req_id"]]: r for r in rec.rows}
+    assert set(rows) == {0, 1, 2}
+    assert rows[1][COL["status"]] == "rejected"
+    assert "exceeds" in rows[1][COL["reason"]] and "50 blocks" in rows[1][COL["reason"]]
+    assert math.isnan(rows[1][COL["ttft_s"]])
+    assert rows[0][COL["status"]] == rows[2][COL["status"]] == "finished"
+    s = summarize(rec.rows, "hbm-only", "p")
+    assert (s["requests"], s["completed"], s["rejected"]) == (3, 2, 1)
+
+
+def test_phase_past_max_sim_time_reports_unfinished(scenario_dict):
+    sc, _ = resolve_scenario(scenario_dict())
+    rec = Recorder()
+    cluster = Cluster(sc, sc.systems[0], rec)
+    specs = [RequestSpec(0, 1000, 500, np.arange(62, dtype=np.int64), arrival_s=0.0)]
+    with pytest.raises(SimulationError, match="did not finish"):
+        cluster.run_phase("p", Workload(specs, 16, "open"), 0.5)
+    assert [r[COL["status"]] for r in rec.rows] == ["unfinished"]
+
+
+# --------------------------------------------------------------------------- seeds and phases
+
+
+def _results(sc_dict, seed):
+    sc, resolved = resolve_scenario(sc_dict, [f"run.seed={seed}"])
+    return run_scenario(sc, resolved)["results"]
+
+
+def test_same_seed_same_summary_different_seed_differs(scenario_dict):
+    d = scenario_dict()
+    d["workload"] = {"kind": "lveval-synthetic", "num_prompts": 6, "truncate_tokens": 1500,
+                     "arrival": {"process": "poisson", "rate_qps": 2.0}}
+    a, b, c = _results(d, 1), _results(d, 1), _results(d, 2)
+    assert a == b
+    assert a != c
+
+
+def _hit_scenario(scenario_dict):
+    return scenario_dict(
+        engine={"kv_blocks": 400},
+        systems=[
+            {"name": "hbm-only", "kv": {"kind": "hbm-only"}},
+            {"name": "cxl-pool", "kv": {"kind": "cxl-pool", "capacity_gb": 2000, "chunk_tokens": 16,
+                                        "copy_method": "gather-kernel", "interleave": True}},
+        ],
+        workload={"kind": "lveval-synthetic", "num_prompts": 8, "truncate_tokens": 2000,
+                  "arrival": {"process": "closed", "clients": 4}},
+    )
+
+
+def test_hit_phase_cxl_pool_beats_hbm_only(scenario_dict):
+    sc, resolved = resolve_scenario(_hit_scenario(scenario_dict))
+    rep = run_scenario(sc, resolved)
+    res = {(r["system"], r["phase"]): r for r in rep["results"]}
+    assert set(res) == {(s, p) for s in ("hbm-only", "cxl-pool") for p in ("populate", "hit")}
+    assert res["cxl-pool", "hit"]["tier_hit_ratio"] > 0
+    assert res["cxl-pool", "hit"]["ttft_mean_s"] < res["hbm-only", "hit"]["ttft_mean_s"]
+    assert res["hbm-only", "hit"]["tier_hit_ratio"] == 0
+    assert res["cxl-pool", "populate"]["tier_hit_ratio"] == 0  # nothing stored before the first phase
+    details = {d["system"]: d for d in rep["details"]}
+    assert details["hbm-only"]["transfers"]["loads"] == 0 and details["hbm-only"]["transfers"]["saves"] == 0
+    assert details["cxl-pool"]["transfers"]["loads"] > 0
+    assert any(k.startswith("cxl") for k in details["cxl-pool"]["link_utilisation"])
+
+
+def test_clear_hbm_cache_between_phases_removes_hbm_hits(scenario_dict):
+    d = scenario_dict(engine={"kv_blocks": 4000}, run={"phases": [{"name": "a"},
+                                                                  {"name": "b", "clear_hbm_cache": True},
+                                                                  {"name": "c"}]})
+    sc, resolved = resolve_scenario(d)
+    res = {r["phase"]: r for r in run_scenario(sc, resolved)["results"]}
+    assert res["b"]["hbm_hit_ratio"] < 0.05  # only hits within the phase
+    assert res["c"]["hbm_hit_ratio"] > 0.5  # everything fits in 4000 blocks: the repeat hits
+
+
+def test_cluster_routes_round_robin(scenario_dict):
+    sc, _ = resolve_scenario(scenario_dict(cluster={"servers": 1, "gpus_per_server": 3}))
+    rec = Recorder()
+    cluster = Cluster(sc, sc.systems[0], rec)
+    specs = [RequestSpec(i, 64, 2, np.arange(4, dtype=np.int64) + 100 * i, arrival_s=0.01 * i) for i in range(7)]
+    cluster.run_phase("p", Workload(specs, 16, "open"), 1e6)
+    inst = {r[COL["req_id"]]: r[COL["instance"]] for r in rec.rows}
+    assert inst == {i: i % 3 for i in range(7)}
+
+
+# --------------------------------------------------------------------------- sizes and metrics
+
+
+def test_hbm_kv_blocks_from_memory_utilisation(scenario_dict):
+    from belusim.cluster import hbm_kv_blocks
+
+    d = scenario_dict()
+    d["engine"] = {}
+    sc, _ = resolve_scenario(d)
+    blocks = hbm_kv_blocks(sc)
+    # 96 GB x 0.92 - 60 GB of weights = 28.32 GB of KV (beluga.md: about 28.3 GB), 4 MiB a block
+    assert blocks == int((96e9 * 0.92 - 60e9) // (4 * 1024 * 1024))
+    assert blocks * 4 * 1024 * 1024 / 1e9 == pytest.approx(28.3, abs=0.05)
+    sc, _ = resolve_scenario(d, ["engine.kv_blocks=123"])
+    assert hbm_kv_blocks(sc) == 123
+    sc, _ = resolve_scenario(d, ["gpu.hbm_gb=60"])
+    with pytest.raises(SimulationError, match="leaves no KV cache"):
+        hbm_kv_blocks(sc)
+
+
+def test_tier_capacity_and_chunk_checks(scenario_dict):
+    sc, _ = resolve_scenario(scenario_dict(systems=[{"name": "p", "kv": {"kind": "cxl-pool", "capacity_gb": 1,
+                                                                          "chunk_tokens": 32}}]))
+    c = Cluster(sc, sc.systems[0], Recorder())
+    assert len(c.tiers) == 1
+    assert c.tiers[0].chunk_blocks == 2
+    assert c.tiers[0].capacity == int(1e9 // (32 * 256 * 1024))
+    assert all(i.sched.tier is c.tiers[0] for i in c.instances)  # one pool shared by all
+    sc, _ = resolve_scenario(scenario_dict(cluster={"servers": 2, "gpus_per_server": 1},
+                                           systems=[{"name": "d", "kv": {"kind": "local-dram"}}]))
+    c = Cluster(sc, sc.systems[0], Recorder())
+    assert len(c.tiers) == 2 and c.instances[0].sched.tier is not c.instances[1].sched.tier
+    sc, _ = resolve_scenario(scenario_dict(systems=[{"name": "p", "kv": {"kind": "cxl-pool", "chunk_tokens": 24}}]))
+    with pytest.raises(SimulationError, match="multiple of block_size"):
+        Cluster(sc, sc.systems[0], Recorder())
+
+
+def test_summary_metrics_by_hand():
+    from belusim.metrics import json_safe
+    from belusim.policy.request import Request, State
+
+    rec = Recorder()
+    specs = [(0.0, 1.0, 3.0, 5), (1.0, 1.5, 2.5, 3), (2.0, 4.0, 6.0, 1)]  # arrival, first token, finish, outputs
+    for i, (arr, ft, fin, out) in enumerate(specs):
+        r = Request(i, 100, out, [1] * 6, arr, "p")
+        r.state, r.first_token, r.finish, r.num_output = State.FINISHED, ft, fin, out
+        r.hbm_hit_tokens, r.tier_hit_tokens = 16 * i, 32
+        rec.record("sys", r)
+    bad = Request(9, 5000, 1, [], 0.5, "p")
+    bad.state, bad.reject_reason = State.REJECTED, "too big"
+    rec.record("sys", bad)
+    s = summarize(rec.rows, "sys", "p")
+    assert (s["requests"], s["completed"], s["rejected"], s["unfinished"]) == (4, 3, 1, 0)
+    assert s["ttft_mean_s"] == pytest.approx((1.0 + 0.5 + 2.0) / 3)
+    assert s["ttft_p50_s"] == pytest.approx(1.0)
+    assert s["tpot_mean_s"] == pytest.approx((0.5 + 0.5) / 2)  # one-output requests have no TPOT
+    assert s["e2e_mean_s"] == pytest.approx((3.0 + 1.5 + 4.0) / 3)
+    assert s["makespan_s"] == pytest.approx(6.0)
+    assert s["qps"] == pytest.approx(3 / 6.0)
+    assert s["output_tokens_per_s"] == pytest.approx(9 / 6.0)
+    assert s["hbm_hit_ratio"] == pytest.approx((0 + 16 + 32) / 300)
+    assert s["tier_hit_ratio"] == pytest.approx(96 / 300)
+    empty = summarize(rec.rows, "sys", "nope")
+    assert empty["requests"] == 0 and json_safe(empty)["ttft_mean_s"] is None
