@@ -321,7 +321,8 @@ def fit_gpu(gpu: dict, model: ModelShape | None, peaks: dict | None) -> tuple[di
         g = float(np.mean([f.gbps for f in fits.values()]))
         desc = "; ".join(f"{d}: a = {f.a_us:.3g} us, {f.gbps:.3g} GB/s" for d, f in fits.items())
         ctas = kv.get("kernel_ctas")
-        py = [r.get("host_us_python_launch", 0) - r["host_us"] for r in krows if r.get("host_us_python_launch")]
+        py = [small[d]["host_us_python_launch"] - small[d]["host_us"] for d in ("load", "store")
+              if (small.get(d) or {}).get("host_us_python_launch") and small[d].get("host_us")]
         py_txt = f"; a kernel launched through CuPy from Python costs {np.median(py):.3g} us more" if py else ""
         fitted["gpu.copy_kernel_launch_us"] = entry(
             a, f"measured: one gather/scatter kernel ({ctas} CTAs of {kv.get('kernel_threads', 256)} threads) "

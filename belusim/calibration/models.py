@@ -8,7 +8,6 @@ imported (a GPU host with only torch and numpy, say) the same formula is evaluat
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -103,6 +102,7 @@ class ModelShape:
             "vocab": self.vocab,
             "kv_dtype_bytes": self.kv_dtype_bytes,
             "weight_bytes_per_param": self.weight_bytes_per_param,
+            "weight_gb": self.weight_gb,
             "params_per_layer": self.params_per_layer,
             "fragment_bytes": int(self.fragment_bytes()),
             "fragments_per_block": self.fragments_per_block,
@@ -214,14 +214,3 @@ def compute_functions() -> tuple[Callable, Callable, str]:
         return layer_prefill_time, layer_decode_time, "belusim.compute"
     except Exception:  # pydantic or a sibling module missing on this host
         return _mirror_prefill, _mirror_decode, "belusim.calibration.models (same formula as belusim.compute)"
-
-
-def prefill_flops(model: ModelShape, new_tokens: int, cached_tokens: int) -> tuple[float, float]:
-    """(linear, attention) FLOPs of one layer's prefill chunk, as the compute model counts them."""
-    lin = 2.0 * new_tokens * model.params_per_layer
-    attn = 4.0 * model.q_heads * model.head_dim * new_tokens * (cached_tokens + new_tokens / 2)
-    return lin, attn
-
-
-def finite(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from belusim import __version__
 from belusim.calibration import profile as prof_mod
@@ -148,5 +147,3 @@ def refit(prof: dict) -> dict:
         f"refit: {prof_mod.now_iso()}"] + [n for n in notes if n not in prof.get("notes", [])]
     return out
 
-
-ProgressHook = Callable[[str], None]
