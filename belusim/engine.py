@@ -41,6 +41,7 @@ class Instance:
         # nominal rate, so that the step's length is known when it starts.
         self._copy_busy_until = 0.0
         self.tier_peers: list[Instance] = []  # instances sharing this one's tier (set by the cluster)
+        self._in_stretch = False
         self.process = env.process(self.run())
 
     def submit(self, req: Request) -> None:
@@ -87,8 +88,11 @@ class Instance:
             start = env.now
             rpc = self.paths.lookup_time(plan.lookups, plan.lookup_keys, env.now) if plan.lookups else 0.0
             # A stretch needs a steady step: no copy kernel overlapping it (its slowdown is
-            # per step) and nothing new to admit.
-            if (plan.pure_decode and self.coalesce > 1 and not waits
+            # per step) and nothing new to admit. A blocked waiting request stays blocked
+            # until blocks are freed (a finish ends the stretch), its instance evicts (the
+            # horizon avoids it) or the tier changes its prefix (the saving side notifies).
+            if (plan.pure_decode and self.coalesce > 1 and not waits and not plan.lookups
+                    and (len(sched.waiting) == sched.loading or sched.blocked_head() is not None)
                     and self._copy_busy_until <= env.now):
                 k = sched.decode_horizon(self.coalesce)
                 if k > 1:
@@ -117,16 +121,16 @@ class Instance:
         env = self.env
         batch, c0 = len(plan.scheduled), plan.decode_context
         a, b = self.compute.decode_run(batch, c0)
-        # A blocked waiting request is looked up again at every step: its metadata RPC
-        # recurs (the server is idle between them at these rates, so each costs `rpc`).
-        a += rpc
+        a += rpc  # zero: nothing waits, so nothing was looked up
 
         def elapsed(m: int) -> float:
             return m * a + b * (m * c0 + batch * m * (m - 1) / 2)
 
         self._wake = wake = env.event()
         start = env.now
+        self._in_stretch = True
         yield env.timeout(elapsed(k)) | wake
+        self._in_stretch = False
         self._wake = None
         steps = k
         if wake.triggered and env.now - start < elapsed(k):
@@ -136,8 +140,6 @@ class Instance:
             yield env.timeout(max(0.0, elapsed(steps) - gone))
         self.steps += steps
         self.step_events += 1
-        if rpc and steps > 1:
-            self.paths.stats.rpc_calls += (steps - 1) * max(plan.lookups, 1)
         for req in self.sched.advance_decode(plan, steps, env.now):
             self.on_finish(req)
 
@@ -150,13 +152,10 @@ class Instance:
 
     def _save(self, save: Save):
         yield from self.paths.save(self.place, save)
-        self.sched.tier.end_save(save.keys)
+        evicted = self.sched.tier.end_save(save.keys)
         self.pending_saves -= 1
-        # The tier grew: an instance whose waiting request is blocked would see it at its
-        # next step, so a decode stretch must end there.
         for peer in self.tier_peers:
-            sched = peer.sched
-            if len(sched.waiting) > sched.loading:
+            if peer._in_stretch and peer.sched.tier_change_unblocks(save.keys, evicted):
                 peer.notify()
         req = save.request
         req.saves_in_flight -= 1

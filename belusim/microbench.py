@@ -22,7 +22,9 @@ additively:
   that one cost zeroed). For a serial path this equals the cost charged (the deltas of
   `KVPaths.stats.breakdown`); a cost that overlaps data movement -- the RDMA connector
   thread posting work requests while the NIC moves earlier ones -- adds only its exposed
-  part. The charged CPU work is reported separately as `cpu_work_ms`.
+  part. The charged CPU work is reported separately as `cpu_work_ms`. Each part is kept
+  between zero and the cost charged: with concurrent transfers, removing a cost can also
+  reshuffle the contention, and that share stays in queueing.
 * access: the fixed path latencies (CXL switch access, DRAM + PCIe switch hop, NIC one-sided
   op + network switch).
 * wire: bytes over the bottleneck link of the path when the transfer runs alone, i.e. the
@@ -145,14 +147,11 @@ def transfer_blocks(sc: Scenario, kv: KVSystemConfig, tokens: int) -> int:
     return -(-nblocks // chunk) * chunk
 
 
-def _keys_for(i: int, nblocks: int, home: int, servers: int, chunk_blocks: int, direction: str) -> list[int]:
-    # KVPaths puts an RDMA batch on server keys[0] % servers (save: its first chunk's last
-    # key); choose keys that put it on `home`. Transfers get disjoint keys.
-    first = 0 if direction == "load" else chunk_blocks - 1
-    stride = servers * (nblocks + 1)
-    base = i * stride
-    base += (home - base - first) % servers
-    return list(range(base, base + nblocks))
+def _keys_for(i: int, nblocks: int, home: int, servers: int) -> list[int]:
+    """Disjoint keys per transfer, all congruent to `home` modulo the servers: KVPaths puts an
+    RDMA batch on server key % servers for one of its keys, so any such key puts it on `home`."""
+    base = i * servers * (nblocks + 1) + home
+    return [base + j * servers for j in range(nblocks)]
 
 
 def _simulate(sc: Scenario, kv: KVSystemConfig, direction: str, tokens: int, concurrency: int = 1,
@@ -175,7 +174,7 @@ def _simulate(sc: Scenario, kv: KVSystemConfig, direction: str, tokens: int, con
 
     def one(i: int, place: GPUPlace):
         # a remote pool: the batch's home is the next server (the same one if there is one)
-        keys = _keys_for(i, nblocks, (place.server + 1) % servers, servers, chunk, direction)
+        keys = _keys_for(i, nblocks, (place.server + 1) % servers, servers)
         req = Request(i, nblocks * sc.engine.block_size + 1, 1, keys, 0.0)
         t0 = env.now
         if direction == "load":
@@ -412,8 +411,7 @@ def path_rates(sc: Scenario, kv: KVSystemConfig) -> _PathRates:
 
     paths.fabric.flow = recording_flow  # instance attribute: only this probe's fabric
     nblocks = transfer_blocks(sc, kv, 1)
-    keys = _keys_for(0, nblocks, (place.server + 1) % sc.cluster.servers, sc.cluster.servers,
-                     paths._chunk_blocks, "load")
+    keys = _keys_for(0, nblocks, (place.server + 1) % sc.cluster.servers, sc.cluster.servers)
     req = Request(0, nblocks * sc.engine.block_size + 1, 1, keys, 0.0)
     env.process(paths.load(place, Load(req, 0, nblocks)))
     env.run()

@@ -27,8 +27,7 @@ class BlockPool:
         self.lru: OrderedDict[int, None] = OrderedDict()  # cached keys held by nobody; first = next evicted
         self.resident: set[int] = set()  # every cached key, held or not (fast prefix walks)
         self.evictions = 0
-        self.hits_blocks = 0
-        self.queried_blocks = 0
+        self.promotions = 0
 
     # -- queries ---------------------------------------------------------------------
     @property
@@ -96,6 +95,7 @@ class BlockPool:
         new = [k for k in keys if k not in resident]
         self.refcount.update(dict.fromkeys(new, 1))
         resident.update(new)
+        self.promotions += len(new)
         return new
 
     def release(self, cached_keys: list[int], private: int) -> None:

@@ -46,6 +46,8 @@ class Request:
         "saves_in_flight",
         "on_saved",
         "handed_off",
+        "blocked_at",
+        "blocked_names",
     )
 
     def __init__(self, req_id: int, prompt_tokens: int, output_tokens: int, keys: list[int], arrival: float,
@@ -84,6 +86,8 @@ class Request:
         self.saves_in_flight = 0
         self.on_saved = None  # callback(request) when its last save lands (disaggregation)
         self.handed_off = False  # moved from a prefill instance to a decode instance
+        self.blocked_at = None  # what the pool and tier looked like when admission last failed
+        self.blocked_names: set | None = None  # tier chunks its failed lookup matched
 
     @property
     def known_tokens(self) -> int:

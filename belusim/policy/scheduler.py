@@ -152,8 +152,13 @@ class Scheduler:
                 skipped.append(self.waiting.popleft())
                 continue
             if not req.looked_up:
+                if req.blocked_at is not None and self._still_blocked(req.blocked_at):
+                    break  # nothing that could let it in has changed since it last failed
                 if not self._lookup(req, plan):
+                    req.blocked_at = self._blocking_state()
+                    req.blocked_names = None
                     break  # its hit and first chunk do not fit yet
+                req.blocked_at = None
                 if req.state is State.LOADING:  # an async load started; others may still fit
                     skipped.append(self.waiting.popleft())
                     continue
@@ -235,6 +240,43 @@ class Scheduler:
                 req.state = State.LOADING
                 self.loading += 1
         return True
+
+    def _blocking_state(self) -> tuple:
+        tier = self.tier
+        pool = self.pool
+        return (pool.free, pool.evictions, pool.promotions,
+                tier.inserted if tier else 0, tier.evictions if tier else 0)
+
+    def _still_blocked(self, then: tuple) -> bool:
+        """A failed admission fails again unless free blocks grew or the cached prefixes
+        changed (a promotion, an eviction, a tier insert or eviction). Fewer free blocks, or
+        blocks taken by others, cannot let it in."""
+        now = self._blocking_state()
+        return now[0] <= then[0] and now[1:] == then[1:]
+
+    def blocked_head(self) -> Request | None:
+        """The first waiting request that is not loading, if its admission failed."""
+        for req in self.waiting:
+            if req.state is not State.LOADING:
+                return req if req.blocked_at is not None else None
+        return None
+
+    def tier_change_unblocks(self, saved: list[int], evicted: list[int]) -> bool:
+        """Could this tier change alter the blocked head's lookup? Only if it stores the
+        next chunk of the head's matched prefix, or evicts one the head matched."""
+        head = self.blocked_head()
+        if head is None or self.tier is None:
+            return False
+        c = self.tier.chunk_blocks
+        matched = head.probe[1]
+        nxt = matched + c
+        if nxt <= len(head.keys) and head.keys[nxt - 1] in set(saved):
+            return True
+        if evicted and matched:
+            if head.blocked_names is None:
+                head.blocked_names = set(head.keys[c - 1:matched:c])
+            return any(k in head.blocked_names for k in evicted)
+        return False
 
     def _release_waiting(self, req: Request) -> None:
         self.pool.release(req.cached_keys, req.private_blocks)
@@ -324,13 +366,17 @@ class Scheduler:
     # -- many decode steps at once -----------------------------------------------------------
     def decode_horizon(self, max_steps: int) -> int:
         """How many pure-decode steps (the first already planned and allocated) can run
-        before anything but the context lengths changes: a finish, or running out of blocks."""
+        before anything but the context lengths changes: a finish, or running out of blocks.
+        With a blocked request waiting, also no eviction: one could change its prefix hit."""
         if not self.running:
             return 0
         k = min(max_steps, min(r.remaining_outputs for r in self.running))
         if k <= 1:
             return 1
-        free, bs = self.pool.free, self.bs
+        pool, bs = self.pool, self.bs
+        free = pool.free
+        if self.blocked_head() is not None:
+            free = pool.num_blocks - pool.in_use - len(pool.lru)  # empty blocks only
 
         def extra_blocks(m: int) -> int:
             # blocks beyond what step 1 already allocated, for m steps in all

@@ -62,16 +62,20 @@ class TierIndex:
     def begin_save(self, keys: list[int]) -> None:
         self.pending.update(keys)
 
-    def end_save(self, keys: list[int]) -> None:
+    def end_save(self, keys: list[int]) -> list[int]:
+        """Store the chunks; returns the chunks evicted to make room."""
         self.pending.difference_update(keys)
         chunks = self.chunks
         before = len(chunks)
         chunks.update(dict.fromkeys(keys))  # keys were not stored when the save began
         self.inserted += len(chunks) - before
         over = len(chunks) - self.capacity
-        for _ in range(max(0, over)):
-            chunks.popitem(last=False)
-        self.evictions += max(0, over)
+        if over <= 0:
+            return []
+        pop = chunks.popitem
+        evicted = [pop(last=False)[0] for _ in range(over)]
+        self.evictions += over
+        return evicted
 
     def check(self) -> None:
         if len(self.chunks) > self.capacity:
