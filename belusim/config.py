@@ -562,6 +562,8 @@ def resolve_scenario(
     else:
         path = Path(source)
         raw, where, base_dir = _read_yaml(path), str(path), path.resolve().parent
+        if {"scenario", "parameter", "values"} <= raw.keys():
+            raise ConfigError(f"{path} is a sweep, not a scenario: run it with `belusim sweep {path}`")
     sets = parse_set(overrides or [])
     # A card-valued field set to a card id (--set gpu=h100) is applied before the cards
     # are expanded; everything else after, so it can reach into a card.

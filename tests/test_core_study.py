@@ -115,3 +115,34 @@ def test_sweep_file_errors_name_the_file_and_field(tmp_path):
     res = CliRunner().invoke(app, ["sweep", str(bad)])
     assert res.exit_code == 2
     assert "bad.yaml" in res.output and "parameter" in res.output
+
+
+def test_a_scenario_runs_on_lveval_files_in_the_hub_layout(tmp_path, scenario_dict):
+    """jsonl and zip members, read by a scenario whose path is relative to its file."""
+    import zipfile
+
+    def rec(ctx, q, ds, lang):
+        return {"input": q, "context": ctx, "answers": ["x"], "length": len(ctx), "dataset": ds, "language": lang}
+
+    d = tmp_path / "LVEval"
+    d.mkdir()
+    ctx_en = " ".join(f"alpha{i}" for i in range(600))
+    (d / "factrecall_en_16k.jsonl").write_text("".join(
+        json.dumps(rec(ctx_en, f"question {i}?", "factrecall_en", "en")) + "\n" for i in range(3)))
+    with zipfile.ZipFile(d / "cmrc_mixup.zip", "w") as zf:
+        zf.writestr("cmrc_mixup/cmrc_mixup_16k.jsonl", "".join(
+            json.dumps(rec("北京是中国的首都。" * 60, f"问题{i}？", "cmrc_mixup", "zh"), ensure_ascii=False) + "\n"
+            for i in range(2)))
+    scen = scenario_dict(systems=[VLLM, CXL], engine={"kv_blocks": 60},
+                         workload={"kind": "lveval-files", "path": "LVEval", "levels": ["16k"],
+                                   "arrival": {"process": "closed", "clients": 2}})
+    for k in ("num_prompts", "truncate_tokens"):
+        scen["workload"].pop(k, None)
+    path = tmp_path / "lv.yaml"
+    path.write_text(yaml.safe_dump(scen, allow_unicode=True))
+    res = CliRunner().invoke(app, ["run", str(path), "--json", "-q"])
+    assert res.exit_code == 0, res.output
+    rows = {(r["system"], r["phase"]): r for r in json.loads(res.stdout)["results"]}
+    assert all(r["requests"] == 5 for r in rows.values())
+    # the three English records share their context: the pool serves it in the hit phase
+    assert rows[("cxl", "hit")]["tier_hit_ratio"] > 0
