@@ -300,13 +300,6 @@ class KVSystemConfig(_Strict):
         True, description="bounce-buffer path gathers a chunk contiguously on the GPU before the NIC"
     )
 
-    @model_validator(mode="after")
-    def _check(self) -> KVSystemConfig:
-        if self.kind == "cxl-pool" and self.copy_method == "memcpy-per-fragment" and self.coherence == "uncacheable":
-            # cudaMemcpy from uncacheable memory falls back to CPU-driven copies (beluga.md §2).
-            pass
-        return self
-
 
 class RouterConfig(_Strict):
     policy: Literal["round-robin", "least-loaded", "cache-aware"] = "round-robin"

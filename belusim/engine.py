@@ -7,8 +7,6 @@ form. An arrival or a finished load cuts the stretch at the end of the step in p
 
 from __future__ import annotations
 
-import math
-
 import simpy
 
 from belusim.compute import ComputeModel
@@ -34,7 +32,6 @@ class Instance:
         self._wake: simpy.Event | None = None
         self.steps = 0
         self.step_events = 0
-        self.busy_time = 0.0
         self.pending_saves = 0
         # Copy kernels take SMs from compute: a step overlapping one runs slower by
         # kernel_slowdown x the overlap. Estimated when the copy is issued, at the kernel's
@@ -85,7 +82,6 @@ class Instance:
                 yield self._wake
                 self._wake = None
                 continue
-            start = env.now
             rpc = self.paths.lookup_time(plan.lookups, plan.lookup_keys, env.now) if plan.lookups else 0.0
             # A stretch needs a steady step: no copy kernel overlapping it (its slowdown is
             # per step) and nothing new to admit. A blocked waiting request stays blocked
@@ -97,7 +93,6 @@ class Instance:
                 k = sched.decode_horizon(self.coalesce)
                 if k > 1:
                     yield from self._decode_stretch(plan, k, rpc)
-                    self.busy_time += env.now - start
                     continue
             t = rpc + self._with_interference(
                 self.compute.step_time(plan.tokens, plan.prefill_units, plan.decode_context))
@@ -107,7 +102,6 @@ class Instance:
                 yield env.timeout(t)
             self.steps += 1
             self.step_events += 1
-            self.busy_time += env.now - start
             _firsts, finished, saves = sched.step_done(plan, env.now)
             for save in saves:
                 self.pending_saves += 1
@@ -173,4 +167,4 @@ def _steps_covering(elapsed, t: float, k: int) -> int:
             hi = mid
         else:
             lo = mid + 1
-    return max(1, lo) if not math.isnan(t) else 1
+    return lo

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import yaml
 
 from belusim.cluster import SystemRun, simulate
-from belusim.config import ConfigError, Scenario
+from belusim.config import Scenario
 from belusim.metrics import Recorder, json_safe
 
 # The row of `belusim run --json`, in this order.
@@ -75,5 +74,3 @@ def _write_summary(out_dir: Path, scenario: Scenario, runs: list[SystemRun]) -> 
     tmp.write_text(json.dumps(report, indent=2))
     tmp.replace(out_dir / "summary.json")
 
-
-__all__ = ["run_scenario", "build_report", "RESULT_KEYS", "ConfigError", "asdict"]

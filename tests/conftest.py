@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 
-from belusim.config import resolve_scenario
+from belusim.config import deep_merge, resolve_scenario
 
 BASE_SCENARIO = {
     "name": "tiny",
@@ -24,22 +22,13 @@ BASE_SCENARIO = {
 }
 
 
-def _deep_update(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_update(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
 
 @pytest.fixture
 def scenario_dict():
     """Factory: the tiny base scenario dict, deep-updated with the given mapping."""
 
     def make(**over) -> dict:
-        return _deep_update(BASE_SCENARIO, over)
+        return deep_merge(BASE_SCENARIO, over)
 
     return make
 

@@ -41,7 +41,6 @@ class Request:
         "reject_reason",
         "prefill_only",
         "on_finish",
-        "lookup_s",
         "probe",
         "saves_in_flight",
         "on_saved",
@@ -79,7 +78,6 @@ class Request:
         self.reject_reason = ""
         self.prefill_only = False  # disaggregated prefill: stop after the first token
         self.on_finish = None  # callback(request), set by the cluster
-        self.lookup_s = 0.0
         # last prefix probe (hbm blocks, tier blocks, evictions seen): a waiting request that
         # is probed again resumes the walk where it stopped if nothing was evicted since
         self.probe = (0, 0, -1, -1)
@@ -97,10 +95,6 @@ class Request:
     @property
     def blocks_held(self) -> int:
         return len(self.cached_keys) + self.private_blocks
-
-    @property
-    def is_decoding(self) -> bool:
-        return self.known_tokens - self.num_computed == 1 and self.num_output > 0
 
     @property
     def remaining_outputs(self) -> int:

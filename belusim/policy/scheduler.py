@@ -102,10 +102,6 @@ class Scheduler:
     def idle(self) -> bool:
         return not self.running and not self.waiting
 
-    @property
-    def num_requests(self) -> int:
-        return len(self.running) + len(self.waiting)
-
     # -- one step ------------------------------------------------------------------------
     def schedule(self, now: float) -> StepPlan:
         plan = StepPlan()

@@ -9,7 +9,7 @@ its last block, which identifies the whole prefix up to it. A chunk being writte
 from __future__ import annotations
 
 from collections import OrderedDict
-from itertools import filterfalse, islice, takewhile
+from itertools import islice, takewhile
 
 
 class TierIndex:
