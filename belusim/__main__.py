@@ -1,3 +1,3 @@
-from belusim.cli import app
+from belusim.cli.main import app
 
 app()

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from belusim.cli import find_scenario
-from belusim.cluster import simulate
-from belusim.config import resolve_scenario
-from belusim.metrics import Recorder
+from belusim.cli.main import find_scenario
+from belusim.sim.cluster import simulate
+from belusim.config.scenario import resolve_scenario
+from belusim.report.metrics import Recorder
 
 
 def main() -> None:

@@ -11,9 +11,9 @@ import argparse
 import time
 from pathlib import Path
 
-from belusim.cluster import simulate
-from belusim.config import resolve_scenario
-from belusim.metrics import Recorder
+from belusim.sim.cluster import simulate
+from belusim.config.scenario import resolve_scenario
+from belusim.report.metrics import Recorder
 
 SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "traces" / "mooncake-conversation-cxl.yaml"
 

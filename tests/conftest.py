@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from belusim.config import deep_merge, resolve_scenario
+from belusim.config.scenario import deep_merge, resolve_scenario
 
 BASE_SCENARIO = {
     "name": "tiny",

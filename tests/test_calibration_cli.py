@@ -51,7 +51,7 @@ def test_quick_probe_writes_a_valid_profile(quick_profile):
 
 
 def test_config_reads_the_profile(quick_profile):
-    config = pytest.importorskip("belusim.config")
+    config = pytest.importorskip("belusim.config.scenario")
     out, _ = quick_profile
     over = config.load_profile_overrides(out)
     prof = json.loads(out.read_text())
@@ -60,7 +60,7 @@ def test_config_reads_the_profile(quick_profile):
 
 
 def test_scenario_resolves_with_the_profile(quick_profile, scenario_dict):
-    config = pytest.importorskip("belusim.config")
+    config = pytest.importorskip("belusim.config.scenario")
     out, _ = quick_profile
     sc, _ = config.resolve_scenario(scenario_dict(), [], calibration=str(out))
     over = config.load_profile_overrides(out)
@@ -124,7 +124,7 @@ def test_paper_profile_is_committed_and_cites_the_paper():
 
 
 def test_packaged_profiles_resolve_and_load():
-    config = pytest.importorskip("belusim.config")
+    config = pytest.importorskip("belusim.config.scenario")
     for name in sorted(p.stem for p in calibration_dir().glob("*.json")):
         path = prof_mod.resolve(name)
         prof_mod.load(path)

@@ -35,7 +35,7 @@ def test_affine_fit_recovers_latency_and_bandwidth():
 
 
 def test_mirror_formula_matches_belusim_compute():
-    compute = pytest.importorskip("belusim.compute")
+    compute = pytest.importorskip("belusim.compute.roofline")
     g = gpu_namespace(989, 3350, 0.61, 0.43, 0.8)
     for n, c in [(2048, 0), (2048, 8192), (512, 16384)]:
         assert _mirror_prefill(QWEN, g, n, c) == pytest.approx(compute.layer_prefill_time(QWEN, g, n, c), rel=1e-12)
@@ -44,7 +44,7 @@ def test_mirror_formula_matches_belusim_compute():
 
 
 def test_model_shape_matches_llm_card():
-    config = pytest.importorskip("belusim.config")
+    config = pytest.importorskip("belusim.config.scenario")
     card = config.load_card("llms", "qwen3-32b")
     shape, where = load_model_shape("qwen3-32b")
     assert "qwen3-32b" in where
@@ -172,7 +172,7 @@ def test_fit_cpu_tables():
 
 
 def test_fitted_keys_exist_in_the_config():
-    config = pytest.importorskip("belusim.config")
+    config = pytest.importorskip("belusim.config.scenario")
     cards = {"gpu": config.GPUCard, "hardware.host": config.HostCard, "hardware.cxl_rpc": config.RPCCard,
              "hardware.rdma_rpc": config.RPCCard, "hardware.cxl_adapter": config.CXLAdapterCard,
              "hardware.cxl_switch": config.CXLSwitchCard, "hardware.cxl_memory": config.CXLMemoryCard,

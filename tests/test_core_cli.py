@@ -9,8 +9,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from belusim.cli import app
-from belusim.config import resolve_scenario
+from belusim.cli.main import app
+from belusim.config.scenario import resolve_scenario
 
 RESULT_KEYS = ["system", "phase", "requests", "ttft_mean_s", "ttft_p50_s", "ttft_p99_s", "tpot_mean_s",
                "tpot_p99_s", "e2e_mean_s", "qps", "hbm_hit_ratio", "tier_hit_ratio"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from belusim.compute import ComputeModel, layer_decode_time, layer_prefill_time
-from belusim.config import GB, load_card
+from belusim.compute.roofline import ComputeModel, layer_decode_time, layer_prefill_time
+from belusim.config.scenario import GB, load_card
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from belusim.config import (
+from belusim.config.scenario import (
     CARD_KINDS,
     ConfigError,
     list_cards,

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from belusim.cluster import Cluster, SimulationError, simulate
-from belusim.config import resolve_scenario
-from belusim.metrics import RECORD_FIELDS, Recorder, summarize
-from belusim.runner import run_scenario
+from belusim.sim.cluster import Cluster, SimulationError, simulate
+from belusim.config.scenario import resolve_scenario
+from belusim.report.metrics import RECORD_FIELDS, Recorder, summarize
+from belusim.sim.runner import run_scenario
 from belusim.workloads.spec import RequestSpec, Workload
 
 COL = {k: i for i, k in enumerate(RECORD_FIELDS)}
@@ -235,7 +235,7 @@ def test_cluster_routes_round_robin(scenario_dict):
 
 
 def test_hbm_kv_blocks_from_memory_utilisation(scenario_dict):
-    from belusim.cluster import hbm_kv_blocks
+    from belusim.sim.cluster import hbm_kv_blocks
 
     d = scenario_dict()
     d["engine"] = {}
@@ -269,7 +269,7 @@ def test_tier_capacity_and_chunk_checks(scenario_dict):
 
 
 def test_summary_metrics_by_hand():
-    from belusim.metrics import json_safe
+    from belusim.report.metrics import json_safe
     from belusim.policy.request import Request, State
 
     rec = Recorder()

@@ -7,7 +7,7 @@ import math
 import pytest
 import simpy
 
-from belusim.fabric import Fabric
+from belusim.transport.fabric import Fabric
 
 GB = 1e9
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import simpy
 
-from belusim.config import GB, KiB, MiB, load_card
-from belusim.kvpath import KB16, KVPaths, RPCServer
+from belusim.config.scenario import GB, KiB, MiB, load_card
+from belusim.transport.kvpath import KB16, KVPaths, RPCServer
 from belusim.policy.request import Request
 from belusim.policy.scheduler import Load, Save
 

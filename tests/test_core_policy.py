@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import belusim.policy
-from belusim.config import RouterConfig
+from belusim.config.scenario import RouterConfig
 from belusim.policy.blocks import BlockPool, OutOfBlocks
 from belusim.policy.request import Request, State
 from belusim.policy.router import Router

@@ -10,9 +10,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from belusim.cli import app
-from belusim.cluster import SimulationError, simulate
-from belusim.metrics import Recorder
+from belusim.cli.main import app
+from belusim.sim.cluster import SimulationError, simulate
+from belusim.report.metrics import Recorder
 
 CXL = {"name": "cxl", "kv": {"kind": "cxl-pool", "capacity_gb": 100}}
 VLLM = {"name": "vllm", "kv": {"kind": "hbm-only"}}
@@ -54,7 +54,7 @@ def test_disaggregation_without_a_tier_is_an_error(resolve):
 
 
 def test_disaggregation_needs_a_decode_instance(resolve):
-    from belusim.config import ConfigError
+    from belusim.config.scenario import ConfigError
 
     with pytest.raises(ConfigError, match="prefill_instances_per_server"):
         resolve(["cluster.prefill_instances_per_server=2"], systems=[CXL])

@@ -10,9 +10,9 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from belusim import microbench as mb
-from belusim.config import GB, MiB, resolve_scenario
-from belusim.microbench_cli import microbench_app
+from belusim.study import microbench as mb
+from belusim.config.scenario import GB, MiB, resolve_scenario
+from belusim.cli.microbench import microbench_app
 
 BASE = {
     "name": "mb",

@@ -32,7 +32,7 @@ def _fail(message: str) -> None:
 
 def _config_error_types() -> tuple[type[BaseException], ...]:
     try:
-        from belusim.config import ConfigError
+        from belusim.config.scenario import ConfigError
 
         return (CalibrationError, ConfigError)
     except Exception:

@@ -128,7 +128,7 @@ def _clip01(x: float) -> float:
 
 def fit_compute(model: ModelShape, tflops: float, hbm_gbps: float, prefill_rows: list[dict],
                 decode_rows: list[dict]) -> ComputeFit:
-    """Efficiencies such that belusim.compute's per-layer formulas reproduce measured times.
+    """Efficiencies such that belusim.compute.roofline's per-layer formulas reproduce measured times.
 
     prefill_rows: {"chunk": n, "context": c, "ms": t}; decode_rows: {"batch": b, "context": c, "ms": t}.
     Prefill: least squares on relative residuals over (linear, attention) efficiency.

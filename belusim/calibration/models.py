@@ -1,6 +1,6 @@
 """Model shapes, GPU peaks and the compute formula as the calibration fit needs them.
 
-The fit must use exactly the simulator's compute model (`belusim.compute.layer_prefill_time`
+The fit must use exactly the simulator's compute model (`belusim.compute.roofline.layer_prefill_time`
 and `layer_decode_time`). Those live next to the pydantic configuration; where that cannot be
 imported (a GPU host with only torch and numpy, say) the same formula is evaluated by
 `_mirror_prefill` / `_mirror_decode` below, and a test checks that the two agree.
@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from belusim.calibration.errors import CalibrationError
 
-# Model cards this module knows without models/llms (the fields of belusim.config.LLMCard).
+# Model cards this module knows without models/llms (the fields of belusim.config.scenario.LLMCard).
 BUILTIN_LLMS: dict[str, dict[str, Any]] = {
     "qwen3-32b": {
         "id": "qwen3-32b",
@@ -175,7 +175,7 @@ def nominal_gpu_peaks(device_name: str) -> tuple[str, float, float, str] | None:
 
 
 def gpu_namespace(tflops: float, hbm_gbps: float, e_lin: float, e_attn: float, e_mem: float) -> SimpleNamespace:
-    """The GPUCard attributes that belusim.compute reads."""
+    """The GPUCard attributes that belusim.compute.roofline reads."""
     return SimpleNamespace(
         dense_bf16_tflops=tflops,
         dense_fp8_tflops=None,
@@ -207,10 +207,10 @@ def _mirror_decode(model, gpu, batch: int, context_tokens: int) -> float:
 
 
 def compute_functions() -> tuple[Callable, Callable, str]:
-    """(layer_prefill_time, layer_decode_time, origin) — belusim.compute's when importable."""
+    """(layer_prefill_time, layer_decode_time, origin) — belusim.compute.roofline's when importable."""
     try:
-        from belusim.compute import layer_decode_time, layer_prefill_time
+        from belusim.compute.roofline import layer_decode_time, layer_prefill_time
 
-        return layer_prefill_time, layer_decode_time, "belusim.compute"
+        return layer_prefill_time, layer_decode_time, "belusim.compute.roofline"
     except Exception:  # pydantic or a sibling module missing on this host
-        return _mirror_prefill, _mirror_decode, "belusim.calibration.models (same formula as belusim.compute)"
+        return _mirror_prefill, _mirror_decode, "belusim.calibration.models (same formula as belusim.compute.roofline)"

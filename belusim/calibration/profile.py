@@ -6,7 +6,7 @@
      "notes": [...]}
 
 `fitted` keys are dotted override paths into the scenario configuration
-(`belusim.config.load_profile_overrides` reads them); only parameters measured on the machine
+(`belusim.config.scenario.load_profile_overrides` reads them); only parameters measured on the machine
 appear there.
 """
 
@@ -135,10 +135,10 @@ def load(path: Path) -> dict:
 
 
 def resolve(name_or_path: str) -> Path:
-    """A profile path from a name or path: belusim.config.find_profile when it can be imported,
+    """A profile path from a name or path: belusim.config.scenario.find_profile when it can be imported,
     else the same search (the path itself, then the packaged calibration folder)."""
     try:
-        from belusim.config import ConfigError, find_profile
+        from belusim.config.scenario import ConfigError, find_profile
     except Exception:
         find_profile = None
     if find_profile is not None:
@@ -157,5 +157,5 @@ def resolve(name_or_path: str) -> Path:
 
 
 def overrides(prof: dict) -> dict[str, float]:
-    """{dotted.path: value}, as belusim.config.load_profile_overrides returns it."""
+    """{dotted.path: value}, as belusim.config.scenario.load_profile_overrides returns it."""
     return {k: (v["value"] if isinstance(v, dict) else v) for k, v in prof.get("fitted", {}).items()}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from belusim.config import RouterConfig
+from belusim.config.scenario import RouterConfig
 from belusim.policy.request import Request
 from belusim.policy.scheduler import Scheduler
 

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 import simpy
 
-from belusim.compute import ComputeModel
-from belusim.config import GB, Scenario, SystemConfig
-from belusim.engine import Instance
-from belusim.kvpath import KVPaths
-from belusim.metrics import Recorder, summarize
+from belusim.compute.roofline import ComputeModel
+from belusim.config.scenario import GB, Scenario, SystemConfig
+from belusim.sim.engine import Instance
+from belusim.transport.kvpath import KVPaths
+from belusim.report.metrics import Recorder, summarize
 from belusim.policy.blocks import BlockPool
 from belusim.policy.request import Request, State
 from belusim.policy.router import Router

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from belusim.config import ConfigError, Scenario, resolve_scenario
+from belusim.config.scenario import ConfigError, Scenario, resolve_scenario
 from belusim.paths import scenarios_dir
 
 app = typer.Typer(
@@ -29,7 +29,7 @@ try:  # sub-apps live beside the layers they drive
 except ImportError:  # pragma: no cover - only while a layer is being built
     pass
 try:
-    from belusim.microbench_cli import microbench_app
+    from belusim.cli.microbench import microbench_app
 
     app.add_typer(microbench_app, name="microbench", help="Transfer-level studies: one transfer and its breakdown.")
 except ImportError:  # pragma: no cover
@@ -107,8 +107,8 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines"),
 ):
     """Simulate every system of a scenario and print TTFT, TPOT and QPS per phase."""
-    from belusim.metrics import json_safe
-    from belusim.runner import run_scenario
+    from belusim.report.metrics import json_safe
+    from belusim.sim.runner import run_scenario
 
     try:
         sc, resolved = load(scenario, set_, calibration)
@@ -137,9 +137,9 @@ def compare(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Run systems on the same workload and seed; compare them side by side per phase."""
-    from belusim.metrics import json_safe
-    from belusim.runner import run_scenario
-    from belusim.study import RATIO_KEYS, compare_rows, write_table
+    from belusim.report.metrics import json_safe
+    from belusim.sim.runner import run_scenario
+    from belusim.study.sweep import RATIO_KEYS, compare_rows, write_table
 
     try:
         sc, resolved = load(scenario, set_, calibration)
@@ -187,8 +187,8 @@ def sweep(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Run a scenario once per value of one parameter and write the table."""
-    from belusim.metrics import json_safe
-    from belusim.study import run_sweep
+    from belusim.report.metrics import json_safe
+    from belusim.study.sweep import run_sweep
 
     try:
         progress = None if quiet else (lambda msg: err.print(f"[dim]{msg}[/]"))
@@ -238,7 +238,7 @@ def cards(
     markdown: bool = typer.Option(False, "--markdown", help="print Markdown tables (for docs)"),
 ):
     """Every figure of every model card with its source."""
-    from belusim.config import CARD_KINDS, list_cards, load_card
+    from belusim.config.scenario import CARD_KINDS, list_cards, load_card
 
     kinds = [kind] if kind else list(CARD_KINDS)
     for k in kinds:
@@ -266,7 +266,7 @@ def cards(
 @app.command("list")
 def list_():
     """List the packaged scenarios and model cards."""
-    from belusim.config import CARD_KINDS, list_cards
+    from belusim.config.scenario import CARD_KINDS, list_cards
 
     console = Console()
     console.print("[bold]scenarios[/]")

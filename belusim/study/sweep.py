@@ -12,9 +12,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from belusim.config import ConfigError, resolve_scenario
-from belusim.metrics import json_safe
-from belusim.runner import RESULT_KEYS, run_scenario
+from belusim.config.scenario import ConfigError, resolve_scenario
+from belusim.report.metrics import json_safe
+from belusim.sim.runner import RESULT_KEYS, run_scenario
 
 RATIO_KEYS = ["ttft_mean_s", "ttft_p99_s", "tpot_mean_s", "tpot_p99_s", "qps"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import simpy
 
-from belusim.compute import ComputeModel
-from belusim.kvpath import GPUPlace, KVPaths
+from belusim.compute.roofline import ComputeModel
+from belusim.transport.kvpath import GPUPlace, KVPaths
 from belusim.policy.request import Request
 from belusim.policy.scheduler import Load, Save, Scheduler
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import yaml
 
-from belusim.cluster import SystemRun, simulate
-from belusim.config import Scenario
-from belusim.metrics import Recorder, json_safe
+from belusim.sim.cluster import SystemRun, simulate
+from belusim.config.scenario import Scenario
+from belusim.report.metrics import Recorder, json_safe
 
 # The row of `belusim run --json`, in this order.
 RESULT_KEYS = [

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import simpy
 
-from belusim.config import GB, KVSystemConfig, Scenario
-from belusim.fabric import Fabric, Link
+from belusim.config.scenario import GB, KVSystemConfig, Scenario
+from belusim.transport.fabric import Fabric, Link
 from belusim.policy.scheduler import Load, Save
 
 KB16 = 16 * 1024

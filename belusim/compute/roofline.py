@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from belusim.config import GPUCard, LLMCard
+from belusim.config.scenario import GPUCard, LLMCard
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,9 +41,9 @@ from typing import Callable, Iterable
 
 import simpy
 
-from belusim.config import GB, KVSystemConfig, LLMCard, Scenario, SystemConfig, load_card
-from belusim.fabric import Link
-from belusim.kvpath import KB16, GPUPlace, KVPaths
+from belusim.config.scenario import GB, KVSystemConfig, LLMCard, Scenario, SystemConfig, load_card
+from belusim.transport.fabric import Link
+from belusim.transport.kvpath import KB16, GPUPlace, KVPaths
 from belusim.policy.request import Request
 from belusim.policy.scheduler import Load, Save
 

@@ -22,8 +22,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from belusim import microbench as mb
-from belusim.config import ConfigError, Scenario, resolve_scenario
+from belusim.study import microbench as mb
+from belusim.config.scenario import ConfigError, Scenario, resolve_scenario
 
 microbench_app = typer.Typer(
     help="Transfer-level studies: single KV transfers timed through the simulator's data paths.",
@@ -45,7 +45,7 @@ def _fail(msg: str) -> None:
 
 
 def _load(scenario: Optional[str], set_: list[str], calibration: Optional[str]) -> tuple[Scenario, Path]:
-    from belusim.cli import find_scenario  # here, not at import time: belusim.cli mounts this app
+    from belusim.cli.main import find_scenario  # here, not at import time: belusim.cli.main mounts this app
 
     path = find_scenario(scenario)
     sc, _ = resolve_scenario(path, set_, calibration)
