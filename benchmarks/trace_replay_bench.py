@@ -35,8 +35,8 @@ def main() -> None:
           f"{s['requests'] / wall:.0f} requests per wall-second")
     print(f"engine steps {run.steps}, step events {run.step_events} "
           f"({run.steps / max(run.step_events, 1):.1f} steps per event)")
-    print(f"TTFT mean {s['ttft_mean_s']:.2f} s, p99 {s['ttft_p99_s']:.2f} s; TPOT mean {s['tpot_mean_s'] * 1e3:.1f} ms; "
-          f"QPS {s['qps']:.2f}; hit ratio HBM {s['hbm_hit_ratio']:.3f}, tier {s['tier_hit_ratio']:.3f}; "
+    print(f"TTFT mean {s['mean_ttft_ms'] / 1e3:.2f} s, p99 {s['p99_ttft_ms'] / 1e3:.2f} s; TPOT mean {s['mean_tpot_ms']:.1f} ms; "
+          f"QPS {s['request_throughput']:.2f}; hit ratio HBM {s['hbm_hit_ratio']:.3f}, tier {s['tier_hit_ratio']:.3f}; "
           f"preemptions {s['preemptions']}")
 
 

@@ -12,8 +12,7 @@ from typer.testing import CliRunner
 from belusim.cli.main import app
 from belusim.config.scenario import resolve_scenario
 
-RESULT_KEYS = ["system", "phase", "requests", "ttft_mean_s", "ttft_p50_s", "ttft_p99_s", "tpot_mean_s",
-               "tpot_p99_s", "e2e_mean_s", "qps", "hbm_hit_ratio", "tier_hit_ratio"]
+from belusim.report.metrics import SUMMARY_KEYS as RESULT_KEYS
 
 TINY = {
     "name": "tiny-cli",
@@ -44,13 +43,13 @@ def test_run_json_schema(runner, tiny):
     r = runner.invoke(app, ["run", str(tiny), "--json"])
     assert r.exit_code == 0, r.stderr
     out = json.loads(r.stdout)  # stdout holds exactly one JSON object
-    assert list(out) == ["scenario", "results"]
+    assert list(out) == ["schema_version", "scenario", "goodput", "results"]
     assert out["scenario"] == "tiny-cli"
     assert len(out["results"]) == 4
     for row in out["results"]:
         assert list(row) == RESULT_KEYS
         assert row["requests"] == 4
-        assert row["ttft_mean_s"] > 0 and row["qps"] > 0
+        assert row["mean_ttft_ms"] > 0 and row["request_throughput"] > 0
     assert [(r_["system"], r_["phase"]) for r_ in out["results"]] == [
         ("hbm-only", "populate"), ("hbm-only", "hit"), ("cxl-pool", "populate"), ("cxl-pool", "hit")]
 

@@ -202,7 +202,7 @@ def test_hit_phase_cxl_pool_beats_hbm_only(scenario_dict):
     res = {(r["system"], r["phase"]): r for r in rep["results"]}
     assert set(res) == {(s, p) for s in ("hbm-only", "cxl-pool") for p in ("populate", "hit")}
     assert res["cxl-pool", "hit"]["tier_hit_ratio"] > 0
-    assert res["cxl-pool", "hit"]["ttft_mean_s"] < res["hbm-only", "hit"]["ttft_mean_s"]
+    assert res["cxl-pool", "hit"]["mean_ttft_ms"] < res["hbm-only", "hit"]["mean_ttft_ms"]
     assert res["hbm-only", "hit"]["tier_hit_ratio"] == 0
     assert res["cxl-pool", "populate"]["tier_hit_ratio"] == 0  # nothing stored before the first phase
     details = {d["system"]: d for d in rep["details"]}
@@ -284,14 +284,17 @@ def test_summary_metrics_by_hand():
     rec.record("sys", bad)
     s = summarize(rec.rows, "sys", "p")
     assert (s["requests"], s["completed"], s["rejected"], s["unfinished"]) == (4, 3, 1, 0)
-    assert s["ttft_mean_s"] == pytest.approx((1.0 + 0.5 + 2.0) / 3)
-    assert s["ttft_p50_s"] == pytest.approx(1.0)
-    assert s["tpot_mean_s"] == pytest.approx((0.5 + 0.5) / 2)  # one-output requests have no TPOT
-    assert s["e2e_mean_s"] == pytest.approx((3.0 + 1.5 + 4.0) / 3)
-    assert s["makespan_s"] == pytest.approx(6.0)
-    assert s["qps"] == pytest.approx(3 / 6.0)
-    assert s["output_tokens_per_s"] == pytest.approx(9 / 6.0)
+    assert s["mean_ttft_ms"] == pytest.approx(1e3 * (1.0 + 0.5 + 2.0) / 3)
+    assert s["median_ttft_ms"] == pytest.approx(1e3)
+    assert s["std_ttft_ms"] == pytest.approx(1e3 * np.std([1.0, 0.5, 2.0]))
+    assert s["mean_tpot_ms"] == pytest.approx(1e3 * (0.5 + 0.5) / 2)  # one-output requests have no TPOT
+    assert s["mean_e2el_ms"] == pytest.approx(1e3 * (3.0 + 1.5 + 4.0) / 3)
+    assert s["duration"] == pytest.approx(6.0)
+    assert s["request_throughput"] == pytest.approx(3 / 6.0)
+    assert s["output_throughput"] == pytest.approx(9 / 6.0)
+    assert s["total_token_throughput"] == pytest.approx((9 + 300) / 6.0)
+    assert s["failed"] == 1 and s["request_goodput"] is None
     assert s["hbm_hit_ratio"] == pytest.approx((0 + 16 + 32) / 300)
     assert s["tier_hit_ratio"] == pytest.approx(96 / 300)
     empty = summarize(rec.rows, "sys", "nope")
-    assert empty["requests"] == 0 and json_safe(empty)["ttft_mean_s"] is None
+    assert empty["requests"] == 0 and json_safe(empty)["mean_ttft_ms"] is None

@@ -72,21 +72,31 @@ def _fmt(x, digits=3) -> str:
     return str(x)
 
 
+def _ms(x, digits=1) -> str:
+    return _fmt(x, digits)
+
+
 def print_results(report: dict, console: Console) -> None:
     table = Table(title=f"belusim: {report['scenario']}")
-    for col in ["system", "phase", "done", "TTFT mean s", "TTFT p99 s", "TPOT mean ms", "TPOT p99 ms",
-                "QPS", "HBM hit", "tier hit"]:
+    cols = ["system", "phase", "done", "TTFT mean s", "TTFT p99 s", "TPOT mean ms", "TPOT p99 ms", "ITL p99 ms",
+            "req/s", "HBM hit", "tier hit"]
+    if report.get("goodput"):
+        cols.insert(9, "goodput req/s")
+    for col in cols:
         left = col in ("system", "phase")
         table.add_column(col, justify="left" if left else "right", no_wrap=left)
     for d in report["details"]:
         for s in d["summaries"]:
-            table.add_row(
+            sec = lambda k: s[k] / 1e3 if s[k] == s[k] else None  # noqa: E731 - ms to s
+            cells = [
                 s["system"], s["phase"], f"{s['completed']}/{s['requests']}",
-                _fmt(s["ttft_mean_s"]), _fmt(s["ttft_p99_s"]),
-                _fmt(s["tpot_mean_s"] * 1e3 if s["tpot_mean_s"] == s["tpot_mean_s"] else None, 1),
-                _fmt(s["tpot_p99_s"] * 1e3 if s["tpot_p99_s"] == s["tpot_p99_s"] else None, 1),
-                _fmt(s["qps"]), _fmt(s["hbm_hit_ratio"], 2), _fmt(s["tier_hit_ratio"], 2),
-            )
+                _fmt(sec("mean_ttft_ms")), _fmt(sec("p99_ttft_ms")), _ms(s["mean_tpot_ms"]), _ms(s["p99_tpot_ms"]),
+                _ms(s["p99_itl_ms"]), _fmt(s["request_throughput"]), _fmt(s["hbm_hit_ratio"], 2),
+                _fmt(s["tier_hit_ratio"], 2),
+            ]
+            if report.get("goodput"):
+                cells.insert(9, _fmt(s["request_goodput"]))
+            table.add_row(*cells)
     console.print(table)
     for d in report["details"]:
         console.print(
@@ -96,6 +106,10 @@ def print_results(report: dict, console: Console) -> None:
         )
 
 
+GOODPUT_HELP = ("SLO bounds in ms as vLLM bench serve takes them, KEY:MS with KEY ttft, tpot or e2el "
+                "(repeatable, or space-separated in one value): adds request_goodput")
+
+
 @app.command()
 def run(
     scenario: Optional[str] = typer.Argument(None, help="scenario file or packaged name (default: quickstart)"),
@@ -103,26 +117,30 @@ def run(
     systems: Optional[str] = typer.Option(None, "--systems", help="comma-separated subset of the scenario's systems"),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="calibration profile name or path"),
     out: Optional[Path] = typer.Option(None, "--out", help="write requests.csv, summary.json and the resolved scenario here"),
-    as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON object"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON object (`belusim schema --output`)"),
+    goodput: list[str] = typer.Option([], "--goodput", help=GOODPUT_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines"),
 ):
     """Simulate every system of a scenario and print TTFT, TPOT and QPS per phase."""
-    from belusim.report.metrics import json_safe
+    from belusim.report.metrics import json_safe, parse_goodput
     from belusim.sim.runner import run_scenario
 
     try:
+        slo = parse_goodput(goodput)
         sc, resolved = load(scenario, set_, calibration)
         names = [s.strip() for s in systems.split(",")] if systems else None
         progress = None if quiet else (lambda msg: err.print(f"[dim]{msg}[/]"))
-        report = run_scenario(sc, resolved, names, out, progress)
+        report = run_scenario(sc, resolved, names, out, progress, goodput=slo)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
         _fail(str(e))
     if as_json:
-        sys.stdout.write(json.dumps(json_safe({"scenario": report["scenario"], "results": report["results"]})) + "\n")
+        keep = ("schema_version", "scenario", "goodput", "results")
+        sys.stdout.write(json.dumps(json_safe({k: report[k] for k in keep})) + "\n")
     else:
         print_results(report, Console(width=None if sys.stdout.isatty() else 132))
         if out is not None:
-            Console().print(f"wrote {out}/requests.csv, {out}/summary.json, {out}/scenario.resolved.yaml")
+            Console().print(f"wrote {out}/requests.csv, {out}/requests.parquet, {out}/summary.json, "
+                            f"{out}/scenario.resolved.yaml")
 
 
 @app.command()
@@ -134,21 +152,23 @@ def compare(
     calibration: Optional[str] = typer.Option(None, "--calibration", help="calibration profile name or path"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the table (.csv with a .json beside it, or .json)"),
     as_json: bool = typer.Option(False, "--json", help="print {scenario, baseline, results} as JSON"),
+    goodput: list[str] = typer.Option([], "--goodput", help=GOODPUT_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Run systems on the same workload and seed; compare them side by side per phase."""
-    from belusim.report.metrics import json_safe
+    from belusim.report.metrics import json_safe, parse_goodput
     from belusim.sim.runner import run_scenario
     from belusim.study.sweep import RATIO_KEYS, compare_rows, write_table
 
     try:
+        slo = parse_goodput(goodput)
         sc, resolved = load(scenario, set_, calibration)
         names = [s.strip() for s in systems.split(",")] if systems else [s.name for s in sc.systems]
         base = baseline or names[0]
         if base not in names:
             names.append(base)
         progress = None if quiet else (lambda msg: err.print(f"[dim]{msg}[/]"))
-        report = run_scenario(sc, resolved, names, None, progress)
+        report = run_scenario(sc, resolved, names, None, progress, goodput=slo)
         rows = compare_rows(report, base)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
         _fail(str(e))
@@ -160,8 +180,8 @@ def compare(
     console = Console(width=None if sys.stdout.isatty() else 150)
     for phase in [p.name for p in sc.run.phases]:
         table = Table(title=f"{sc.name}: phase {phase} (ratios against {base})")
-        cols = ["system", "TTFT mean s", "x", "TTFT p99 s", "x", "TPOT mean ms", "x", "TPOT p99 ms", "x", "QPS", "x",
-                "HBM hit", "tier hit"]
+        cols = ["system", "TTFT mean ms", "x", "TTFT p99 ms", "x", "TPOT mean ms", "x", "TPOT p99 ms", "x", "req/s",
+                "x", "HBM hit", "tier hit"]
         for c in cols:
             table.add_column(c, justify="left" if c == "system" else "right", no_wrap=c == "system")
         for r in rows:
@@ -169,10 +189,7 @@ def compare(
                 continue
             cells = [r["system"]]
             for k in RATIO_KEYS:
-                scale = 1e3 if k.startswith("tpot") else 1.0
-                v = r[k]
-                cells += [_fmt(v * scale if isinstance(v, float) else v, 1 if scale > 1 else 3),
-                          _fmt(r[f"{k}_vs_baseline"], 2)]
+                cells += [_fmt(r[k], 1 if k.endswith("_ms") else 3), _fmt(r[f"{k}_vs_baseline"], 2)]
             cells += [_fmt(r["hbm_hit_ratio"], 2), _fmt(r["tier_hit_ratio"], 2)]
             table.add_row(*cells)
         console.print(table)
@@ -200,19 +217,25 @@ def sweep(
         return
     label = res["rows"][0] and next(iter(res["rows"][0]))
     table = Table(title=f"sweep {res['sweep']}: {res['parameter']}")
-    for c in [label, "system", "phase", "TTFT mean s", "TTFT p99 s", "TPOT mean ms", "QPS", "tier hit"]:
+    for c in [label, "system", "phase", "TTFT mean ms", "TTFT p99 ms", "TPOT mean ms", "req/s", "tier hit"]:
         table.add_column(str(c))
     for r in res["rows"]:
-        table.add_row(str(r[label]), r["system"], r["phase"], _fmt(r["ttft_mean_s"]), _fmt(r["ttft_p99_s"]),
-                      _fmt(r["tpot_mean_s"] * 1e3 if r["tpot_mean_s"] == r["tpot_mean_s"] else None, 1),
-                      _fmt(r["qps"]), _fmt(r["tier_hit_ratio"], 2))
+        table.add_row(str(r[label]), r["system"], r["phase"], _fmt(r["mean_ttft_ms"], 1), _fmt(r["p99_ttft_ms"], 1),
+                      _fmt(r["mean_tpot_ms"], 1), _fmt(r["request_throughput"]), _fmt(r["tier_hit_ratio"], 2))
     Console(width=None if sys.stdout.isatty() else 150).print(table)
     Console().print(f"wrote {res['output']}")
 
 
 @app.command()
-def schema():
+def schema(
+    output: bool = typer.Option(False, "--output", help="the schema of the output (run --json, summary.json) instead"),
+):
     """Print the JSON schema of a resolved scenario (card fields also accept a card id)."""
+    if output:
+        from belusim.report.schema import output_schema
+
+        sys.stdout.write(json.dumps(output_schema(), indent=2) + "\n")
+        return
     sys.stdout.write(json.dumps(Scenario.model_json_schema(), indent=2) + "\n")
 
 

@@ -1,7 +1,16 @@
-"""Per-request records, written as the run goes, and per-phase summaries."""
+"""Per-request records, written as the run goes, and per-phase summaries.
+
+Summaries use the names and units of vLLM's `vllm bench serve` result
+(vllm/benchmarks/serve.py: `completed`, `failed`, `duration`, `request_throughput`,
+`output_throughput`, `total_token_throughput`, `request_goodput`, and
+`{mean,median,std,p90,p99}_{ttft,tpot,itl,e2el}_ms`), so that a simulated figure sits beside a
+measured one without translation. belusim's own figures (hit ratios, queueing, KV loads) have
+names of their own, listed in BELUSIM_KEYS.
+"""
 
 from __future__ import annotations
 
+import bisect
 import csv
 import math
 from pathlib import Path
@@ -10,28 +19,85 @@ import numpy as np
 
 from belusim.policy.request import Request, State
 
+# Version of the output's layout (`belusim schema --output`); bumped when a key changes meaning.
+SCHEMA_VERSION = 2
+
 RECORD_FIELDS = [
     "system", "phase", "req_id", "instance", "status", "reason", "prompt_tokens", "output_tokens",
     "hbm_hit_tokens", "tier_hit_tokens", "preemptions", "arrival_s", "admitted_s", "load_start_s",
-    "load_end_s", "first_token_s", "finish_s", "ttft_s", "tpot_s", "e2e_s", "kv_load_s",
+    "load_end_s", "first_token_s", "finish_s", "ttft_s", "tpot_s", "e2e_s", "kv_load_s", "queue_s",
+    "itl_mean_s", "itl_max_s",
 ]
 
-SUMMARY_KEYS = [
-    "system", "phase", "requests", "completed", "rejected", "unfinished", "ttft_mean_s", "ttft_p50_s",
-    "ttft_p90_s", "ttft_p99_s", "tpot_mean_s", "tpot_p99_s", "e2e_mean_s", "qps", "output_tokens_per_s",
-    "hbm_hit_ratio", "tier_hit_ratio", "kv_load_mean_s", "makespan_s", "preemptions",
+# vLLM `bench serve` latency metrics and statistics (milliseconds).
+LATENCY_METRICS = ["ttft", "tpot", "itl", "e2el"]
+LATENCY_STATS = ["mean", "median", "std", "p90", "p99"]
+VLLM_KEYS = [
+    "completed", "failed", "duration", "total_input_tokens", "total_output_tokens", "request_throughput",
+    "request_goodput", "output_throughput", "total_token_throughput",
+] + [f"{s}_{m}_ms" for m in LATENCY_METRICS for s in LATENCY_STATS]
+BELUSIM_KEYS = [
+    "requests", "rejected", "unfinished", "hbm_hit_ratio", "tier_hit_ratio", "mean_kv_load_ms",
+    "mean_queue_ms", "p99_queue_ms", "preemptions",
 ]
+SUMMARY_KEYS = ["system", "phase"] + VLLM_KEYS + BELUSIM_KEYS
+
+# The goodput criteria vLLM accepts (`--goodput ttft:MS tpot:MS e2el:MS`).
+GOODPUT_METRICS = ("ttft", "tpot", "e2el")
+
+
+def parse_goodput(items: list[str] | None) -> dict[str, float] | None:
+    """`["ttft:500", "tpot:50"]` (or one string with spaces or commas) to {"ttft": 500.0, ...}, in ms."""
+    if not items:
+        return None
+    out: dict[str, float] = {}
+    for item in items:
+        for part in item.replace(",", " ").split():
+            key, sep, val = part.partition(":")
+            if not sep or key not in GOODPUT_METRICS:
+                raise ValueError(f"--goodput {part!r}: expected KEY:MS with KEY one of {', '.join(GOODPUT_METRICS)}")
+            try:
+                ms = float(val)
+            except ValueError:
+                raise ValueError(f"--goodput {part!r}: {val!r} is not a number of milliseconds") from None
+            if ms < 0:
+                raise ValueError(f"--goodput {part!r}: a negative bound")
+            out[key] = ms
+    return out
 
 
 def _nan_if_none(x):
     return math.nan if x is None else x
 
 
+def itl_samples(step_ends: list[float], req: Request) -> np.ndarray | None:
+    """The gaps between a finished request's tokens, from the ends of its instance's engine
+    steps. A running request gets a token every step (vLLM V1 schedules every running request
+    each step), so its last num_output - 1 tokens came at the last steps up to its finish.
+    Preempted after its first token, it sat out steps unknown here: None unless the step count
+    between first token and finish still matches."""
+    n = req.num_output - 1
+    if n < 1 or not step_ends:
+        return None
+    hi = bisect.bisect_right(step_ends, req.finish)
+    if req.preemptions and not req.handed_off:
+        if hi - bisect.bisect_right(step_ends, req.first_token) != n:
+            return None
+    elif req.preemptions or hi < n:
+        return None
+    ends = step_ends[hi - n:hi]
+    if ends[0] <= req.first_token:
+        return None
+    return np.diff(np.array([req.first_token, *ends]))
+
+
 class Recorder:
-    """Collects finished (or rejected) requests; streams them to CSV when given a path."""
+    """Collects finished (or rejected) requests; streams them to CSV when given a path. Keeps
+    every inter-token gap per (system, phase) for the ITL statistics."""
 
     def __init__(self, csv_path: Path | None = None):
         self.rows: list[tuple] = []
+        self.itl: dict[tuple[str, str], list[np.ndarray]] = {}
         self._fh = None
         self._writer = None
         if csv_path is not None:
@@ -40,17 +106,25 @@ class Recorder:
             self._writer = csv.writer(self._fh)
             self._writer.writerow(RECORD_FIELDS)
 
-    def record(self, system: str, req: Request) -> None:
+    def record(self, system: str, req: Request, itl: np.ndarray | None = None) -> None:
         status = req.state.value if req.state in (State.FINISHED, State.REJECTED) else "unfinished"
         ttft = req.first_token - req.arrival
         tpot = (req.finish - req.first_token) / (req.num_output - 1) if req.num_output > 1 else math.nan
+        if itl is None and status == "finished" and req.num_output > 1:
+            # Gaps unknown (preempted after its first token): each counts as the mean gap.
+            itl = np.full(req.num_output - 1, tpot)
+        itl_mean = float(itl.mean()) if itl is not None and itl.size else math.nan
+        itl_max = float(itl.max()) if itl is not None and itl.size else math.nan
         row = (
             system, req.phase, req.req_id, req.instance, status, req.reject_reason, req.prompt_tokens,
             req.output_tokens, req.hbm_hit_tokens, req.tier_hit_tokens, req.preemptions, req.arrival,
             req.admitted, req.load_start, req.load_end, req.first_token, req.finish, ttft, tpot,
-            req.finish - req.arrival, req.load_end - req.load_start,
+            req.finish - req.arrival, req.load_end - req.load_start, req.admitted - req.arrival,
+            itl_mean, itl_max,
         )
         self.rows.append(row)
+        if itl is not None and status == "finished":
+            self.itl.setdefault((system, req.phase), []).append(itl)
         if self._writer is not None:
             self._writer.writerow(["" if isinstance(v, float) and math.isnan(v) else v for v in row])
 
@@ -64,17 +138,41 @@ class Recorder:
 
         return pd.DataFrame(self.rows, columns=RECORD_FIELDS)
 
+    def write_parquet(self, path: Path) -> None:
+        """Every request record as one parquet table (the CSV's columns, typed)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
-def _pct(x: np.ndarray, q: float) -> float:
-    return float(np.percentile(x, q)) if x.size else math.nan
+        cols = list(zip(*self.rows)) if self.rows else [[] for _ in RECORD_FIELDS]
+        types = {"system": pa.string(), "phase": pa.string(), "status": pa.string(), "reason": pa.string(),
+                 "req_id": pa.int64(), "instance": pa.int64(), "prompt_tokens": pa.int64(),
+                 "output_tokens": pa.int64(), "hbm_hit_tokens": pa.int64(), "tier_hit_tokens": pa.int64(),
+                 "preemptions": pa.int64()}
+        arrays = [pa.array(list(c), type=types.get(name, pa.float64())) for name, c in zip(RECORD_FIELDS, cols)]
+        tmp = path.with_name(path.name + ".tmp")
+        pq.write_table(pa.Table.from_arrays(arrays, names=RECORD_FIELDS), tmp)
+        tmp.replace(path)
 
 
-def _mean(x: np.ndarray) -> float:
-    return float(x.mean()) if x.size else math.nan
+def _ms_stats(x: np.ndarray, name: str) -> dict:
+    """mean/median/std/p90/p99 of seconds, in ms, as vLLM names them (std: numpy's, ddof=0)."""
+    if not x.size:
+        return {f"{s}_{name}_ms": math.nan for s in LATENCY_STATS}
+    ms = x * 1e3
+    return {
+        f"mean_{name}_ms": float(ms.mean()),
+        f"median_{name}_ms": float(np.median(ms)),
+        f"std_{name}_ms": float(ms.std()),
+        f"p90_{name}_ms": float(np.percentile(ms, 90)),
+        f"p99_{name}_ms": float(np.percentile(ms, 99)),
+    }
 
 
-def summarize(rows: list[tuple], system: str, phase: str) -> dict:
-    """Summary of one system's phase from its request records."""
+def summarize(rows: list[tuple], system: str, phase: str, itl: list[np.ndarray] | None = None,
+              goodput: dict[str, float] | None = None) -> dict:
+    """Summary of one system's phase from its request records. `itl`: the inter-token gaps of
+    its finished requests; `goodput`: SLO bounds in ms ({"ttft": 500, "tpot": 50}), a request
+    being good when it meets all of them (vLLM's definition)."""
     idx = {k: i for i, k in enumerate(RECORD_FIELDS)}
     mine = [r for r in rows if r[0] == system and r[1] == phase]
     done = [r for r in mine if r[idx["status"]] == "finished"]
@@ -82,38 +180,55 @@ def summarize(rows: list[tuple], system: str, phase: str) -> dict:
     def col(name, src=done):
         return np.array([r[idx[name]] for r in src], dtype=float)
 
-    ttft, tpot, e2e = col("ttft_s"), col("tpot_s"), col("e2e_s")
-    tpot = tpot[~np.isnan(tpot)]
-    prompt = col("prompt_tokens")
-    outputs = col("output_tokens")
+    ttft, tpot_all, e2e = col("ttft_s"), col("tpot_s"), col("e2e_s")
+    tpot = tpot_all[~np.isnan(tpot_all)]
+    prompt, outputs = col("prompt_tokens"), col("output_tokens")
     kv_load = col("kv_load_s")
     kv_load = kv_load[~np.isnan(kv_load)]
+    queue = col("queue_s")
+    queue = queue[~np.isnan(queue)]
     arrivals = col("arrival_s", mine) if mine else np.array([])
-    finishes = col("finish_s")
-    makespan = float(finishes.max() - arrivals.min()) if done else math.nan
+    duration = float(col("finish_s").max() - arrivals.min()) if done else math.nan
+    gaps = np.concatenate(itl) if itl else np.array([])
     total_prompt = prompt.sum()
-    return {
+    rate = (lambda n: n / duration) if done and duration > 0 else (lambda n: math.nan)
+    good = math.nan
+    if goodput is not None:
+        ok = np.ones(len(done), dtype=bool)
+        # vLLM counts a one-token request's TPOT as 0
+        got = {"ttft": ttft, "tpot": np.nan_to_num(tpot_all, nan=0.0), "e2el": e2e}
+        for key, bound_ms in goodput.items():
+            ok &= got[key] * 1e3 <= bound_ms
+        good = rate(int(ok.sum()))
+    rejected = sum(1 for r in mine if r[idx["status"]] == "rejected")
+    unfinished = sum(1 for r in mine if r[idx["status"]] == "unfinished")
+    out = {
         "system": system,
         "phase": phase,
-        "requests": len(mine),
         "completed": len(done),
-        "rejected": sum(1 for r in mine if r[idx["status"]] == "rejected"),
-        "unfinished": sum(1 for r in mine if r[idx["status"]] == "unfinished"),
-        "ttft_mean_s": _mean(ttft),
-        "ttft_p50_s": _pct(ttft, 50),
-        "ttft_p90_s": _pct(ttft, 90),
-        "ttft_p99_s": _pct(ttft, 99),
-        "tpot_mean_s": _mean(tpot),
-        "tpot_p99_s": _pct(tpot, 99),
-        "e2e_mean_s": _mean(e2e),
-        "qps": len(done) / makespan if done and makespan > 0 else math.nan,
-        "output_tokens_per_s": float(outputs.sum()) / makespan if done and makespan > 0 else math.nan,
+        "failed": rejected + unfinished,
+        "duration": duration,
+        "total_input_tokens": int(total_prompt),
+        "total_output_tokens": int(outputs.sum()),
+        "request_throughput": rate(len(done)),
+        "request_goodput": good if goodput is not None else None,
+        "output_throughput": rate(float(outputs.sum())),
+        "total_token_throughput": rate(float(outputs.sum() + total_prompt)),
+        **_ms_stats(ttft, "ttft"),
+        **_ms_stats(tpot, "tpot"),
+        **_ms_stats(gaps, "itl"),
+        **_ms_stats(e2e, "e2el"),
+        "requests": len(mine),
+        "rejected": rejected,
+        "unfinished": unfinished,
         "hbm_hit_ratio": float(col("hbm_hit_tokens").sum() / total_prompt) if total_prompt else math.nan,
         "tier_hit_ratio": float(col("tier_hit_tokens").sum() / total_prompt) if total_prompt else math.nan,
-        "kv_load_mean_s": _mean(kv_load),
-        "makespan_s": makespan,
+        "mean_kv_load_ms": float(kv_load.mean() * 1e3) if kv_load.size else math.nan,
+        "mean_queue_ms": float(queue.mean() * 1e3) if queue.size else math.nan,
+        "p99_queue_ms": float(np.percentile(queue, 99) * 1e3) if queue.size else math.nan,
         "preemptions": int(col("preemptions").sum()) if done else 0,
     }
+    return out
 
 
 def json_safe(x):

@@ -17,7 +17,7 @@ from belusim.compute.roofline import ComputeModel
 from belusim.config.scenario import GB, Scenario, SystemConfig
 from belusim.sim.engine import Instance
 from belusim.transport.kvpath import KVPaths
-from belusim.report.metrics import Recorder, summarize
+from belusim.report.metrics import Recorder, itl_samples, summarize
 from belusim.policy.blocks import BlockPool
 from belusim.policy.request import Request, State
 from belusim.policy.router import Router
@@ -149,7 +149,9 @@ class Cluster:
         if req.state is State.FINISHED:
             self.completed += 1
         self.end_time = max(self.end_time, self.env.now)
-        self.recorder.record(self.system.name, req)
+        itl = (itl_samples(self.instances[req.instance].step_ends, req)
+               if req.state is State.FINISHED else None)
+        self.recorder.record(self.system.name, req, itl)
         cb = req.on_finish
         if cb is not None:
             cb(req)
@@ -282,7 +284,8 @@ class Cluster:
         }
 
 
-def simulate(scenario: Scenario, system: SystemConfig, recorder: Recorder, progress=None) -> SystemRun:
+def simulate(scenario: Scenario, system: SystemConfig, recorder: Recorder, progress=None,
+             goodput: dict[str, float] | None = None) -> SystemRun:
     """Run every phase of the scenario on one system."""
     t0 = time.perf_counter()
     cluster = Cluster(scenario, system, recorder)
@@ -301,7 +304,8 @@ def simulate(scenario: Scenario, system: SystemConfig, recorder: Recorder, progr
     cluster.drain()
     checks = cluster.check()
     sim_s = cluster.end_time
-    summaries = [summarize(recorder.rows, system.name, p.name) for p in scenario.run.phases]
+    summaries = [summarize(recorder.rows, system.name, p.name, recorder.itl.get((system.name, p.name)), goodput)
+                 for p in scenario.run.phases]
     st = cluster.paths.stats
     transfers = {
         "loads": st.loads, "saves": st.saves, "load_gb": st.load_bytes / GB, "save_gb": st.save_bytes / GB,

@@ -33,6 +33,7 @@ class Instance:
         self.steps = 0
         self.step_events = 0
         self.pending_saves = 0
+        self.step_ends: list[float] = []  # when each engine step ended: the token times, for ITL
         # Copy kernels take SMs from compute: a step overlapping one runs slower by
         # kernel_slowdown x the overlap. Estimated when the copy is issued, at the kernel's
         # nominal rate, so that the step's length is known when it starts.
@@ -100,6 +101,7 @@ class Instance:
                 yield env.all_of([env.timeout(t), *waits])
             else:
                 yield env.timeout(t)
+            self.step_ends.append(env.now)
             self.steps += 1
             self.step_events += 1
             _firsts, finished, saves = sched.step_done(plan, env.now)
@@ -134,6 +136,9 @@ class Instance:
             yield env.timeout(max(0.0, elapsed(steps) - gone))
         self.steps += steps
         self.step_events += 1
+        ends = [start + elapsed(m) for m in range(1, steps)]
+        self.step_ends += ends
+        self.step_ends.append(env.now)
         for req in self.sched.advance_decode(plan, steps, env.now):
             self.on_finish(req)
 

@@ -16,7 +16,7 @@ from belusim.config.scenario import ConfigError, resolve_scenario
 from belusim.report.metrics import json_safe
 from belusim.sim.runner import RESULT_KEYS, run_scenario
 
-RATIO_KEYS = ["ttft_mean_s", "ttft_p99_s", "tpot_mean_s", "tpot_p99_s", "qps"]
+RATIO_KEYS = ["mean_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "p99_tpot_ms", "request_throughput"]
 
 
 def add_ratios(rows: list[dict], baseline: str) -> list[dict]:
@@ -40,7 +40,7 @@ def compare_rows(report: dict, baseline: str) -> list[dict]:
     rows = []
     for d in report["details"]:
         for s in d["summaries"]:
-            rows.append({k: s[k] for k in RESULT_KEYS + ["completed", "output_tokens_per_s", "kv_load_mean_s"]})
+            rows.append({k: s[k] for k in RESULT_KEYS})
     return add_ratios(rows, baseline)
 
 

@@ -1,0 +1,110 @@
+"""vLLM bench-serve names, ITL, goodput, the output schema and the parquet records."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from belusim.cli.main import app
+from belusim.config.scenario import resolve_scenario
+from belusim.policy.request import Request, State
+from belusim.report.metrics import Recorder, itl_samples, parse_goodput, summarize
+from belusim.report.schema import RunOutput, Summary
+from belusim.sim.runner import run_scenario
+
+TINY = {
+    "name": "tiny-metrics",
+    "model": "qwen3-32b",
+    "gpu": "h20",
+    "cluster": {"servers": 1, "gpus_per_server": 2},
+    "engine": {"kv_blocks": 400},
+    "systems": [{"name": "hbm-only", "kv": {"kind": "hbm-only"}}, {"name": "cxl-pool", "kv": {"kind": "cxl-pool"}}],
+    "workload": {"kind": "lveval-synthetic", "num_prompts": 6, "truncate_tokens": 1000,
+                 "output": {"mode": "fixed", "tokens": 40},
+                 "arrival": {"process": "poisson", "rate_qps": 3.0}},
+}
+
+
+def _req(i, arrival, first, finish, n, preemptions=0):
+    r = Request(i, 100, n, [1] * 6, arrival, "p")
+    r.state, r.first_token, r.finish, r.num_output, r.preemptions = State.FINISHED, first, finish, n, preemptions
+    return r
+
+
+def test_itl_from_step_ends():
+    steps = [0.5, 1.0, 1.2, 1.5, 2.0, 2.6]
+    r = _req(0, 0.0, 1.0, 2.0, 4)  # first token at 1.0, three more at 1.2, 1.5, 2.0
+    assert itl_samples(steps, r) == pytest.approx([0.2, 0.3, 0.5])
+    assert itl_samples(steps, _req(1, 0.0, 1.0, 2.0, 1)) is None  # one token: no gap
+    # preempted after the first token: the count between first token and finish must match
+    assert itl_samples(steps, _req(2, 0.0, 1.0, 2.0, 3, preemptions=1)) is None
+    assert itl_samples(steps, _req(3, 0.0, 1.0, 2.0, 4, preemptions=1)) == pytest.approx([0.2, 0.3, 0.5])
+
+
+def test_itl_and_goodput_in_summary():
+    rec = Recorder()
+    rec.record("s", _req(0, 0.0, 1.0, 2.0, 4), np.array([0.2, 0.3, 0.5]))
+    rec.record("s", _req(1, 0.5, 0.7, 1.1, 3), np.array([0.1, 0.3]))
+    s = summarize(rec.rows, "s", "p", rec.itl[("s", "p")], {"ttft": 500})
+    assert s["mean_itl_ms"] == pytest.approx(1e3 * 1.4 / 5)
+    assert s["median_itl_ms"] == pytest.approx(300)
+    assert s["p99_itl_ms"] == pytest.approx(1e3 * np.percentile([0.2, 0.3, 0.5, 0.1, 0.3], 99))
+    # TTFTs are 1.0 s and 0.2 s: only the second meets 500 ms; duration 0 -> 2.0 s
+    assert s["request_goodput"] == pytest.approx(1 / 2.0)
+    s = summarize(rec.rows, "s", "p", None, {"ttft": 500, "tpot": 150})  # TPOTs 333 ms and 200 ms
+    assert s["request_goodput"] == 0.0
+    assert summarize(rec.rows, "s", "p", None, {"e2el": 2000})["request_goodput"] == pytest.approx(1.0)
+
+
+def test_parse_goodput():
+    assert parse_goodput(["ttft:500", "tpot:50"]) == {"ttft": 500.0, "tpot": 50.0}
+    assert parse_goodput(["ttft:500 e2el:9000"]) == {"ttft": 500.0, "e2el": 9000.0}
+    assert parse_goodput([]) is None
+    for bad in ("ttft", "itl:5", "ttft:x", "ttft:-1"):
+        with pytest.raises(ValueError, match="--goodput"):
+            parse_goodput([bad])
+
+
+def test_simulated_itl_matches_tpot_and_output_holds_to_schema(tmp_path):
+    sc, resolved = resolve_scenario(TINY)
+    rep = run_scenario(sc, resolved, out_dir=tmp_path, goodput={"ttft": 1e9})
+    for row in rep["results"]:
+        # every request's gaps sum to its decode time, so the token-weighted means agree
+        assert row["mean_itl_ms"] > 0 and row["p99_itl_ms"] >= row["median_itl_ms"]
+        assert row["request_goodput"] == pytest.approx(row["request_throughput"])
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "requests.parquet").to_pandas()
+    assert len(table) == 2 * 2 * 6
+    done = table[table.status == "finished"]
+    w = done.output_tokens - 1
+    for (system, phase), g in done.groupby(["system", "phase"]):
+        row = next(r for r in rep["results"] if (r["system"], r["phase"]) == (system, phase))
+        weighted = float((g.tpot_s * (g.output_tokens - 1)).sum() / (g.output_tokens - 1).sum())
+        assert row["mean_itl_ms"] == pytest.approx(weighted * 1e3, rel=1e-6)
+    assert (done.itl_mean_s > 0).all() and (w > 0).all()
+    Summary.model_validate(json.loads((tmp_path / "summary.json").read_text()))
+
+
+def test_run_json_validates_and_schema_output(tmp_path):
+    p = tmp_path / "t.yaml"
+    p.write_text(yaml.safe_dump(TINY))
+    runner = CliRunner()
+    r = runner.invoke(app, ["run", str(p), "--json", "-q", "--goodput", "ttft:2000", "--goodput", "tpot:100"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    RunOutput.model_validate(out)
+    assert out["goodput"] == {"ttft": 2000.0, "tpot": 100.0}
+    assert all(row["request_goodput"] is not None for row in out["results"])
+    r = runner.invoke(app, ["schema", "--output"])
+    schema = json.loads(r.stdout)
+    props = schema["$defs"]["PhaseResult"]["properties"]
+    for k in ("completed", "failed", "duration", "request_throughput", "output_throughput", "total_token_throughput",
+              "request_goodput", "p99_itl_ms", "std_e2el_ms", "median_tpot_ms", "p90_ttft_ms"):
+        assert k in props and props[k]["description"]
+    r = runner.invoke(app, ["run", str(p), "--json", "--goodput", "latency:5"])
+    assert r.exit_code == 2 and "--goodput" in r.stderr
