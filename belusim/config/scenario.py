@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from belusim.config.vllm import apply_vllm_profile
 from belusim.paths import calibration_dir, models_dir
 from belusim.workloads.config import WorkloadConfig
 
@@ -264,6 +265,12 @@ class ClusterConfig(_Strict):
 
 
 class EngineConfig(_Strict):
+    vllm: str | None = Field(
+        None, description="a vLLM release (models/vllm/<version>.yaml) whose defaults fill the fields left unset"
+    )
+    entry_point: Literal["openai-api-server", "llm-class"] = Field(
+        "openai-api-server", description="vLLM's UsageContext: `vllm serve` or the offline LLM class (picks batch defaults)"
+    )
     block_size: int = Field(16, gt=0)
     max_num_batched_tokens: int = Field(2048, gt=0)
     max_num_seqs: int = Field(256, gt=0)
@@ -271,9 +278,22 @@ class EngineConfig(_Strict):
     activation_reserve_gb: float = Field(0.0, ge=0, description="HBM held back for activations and graphs")
     kv_blocks: int | None = Field(None, gt=0, description="override the number of HBM KV blocks")
     enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = Field(
+        True, description="vLLM V1 always chunks long prefills; False (whole prompts per step) is not simulated"
+    )
+    prefix_caching_hash_algo: str | None = Field(
+        None, description="vLLM's block-hash function, recorded from the version profile (its cost is not modelled here)"
+    )
+    sources: dict[str, str] = Field(default_factory=dict, description="where each engine default comes from")
     decode_coalesce_steps: int = Field(
         512, ge=1, description="most decode steps simulated as one event when nothing else changes (1 = off)"
     )
+
+    @model_validator(mode="after")
+    def _check(self) -> EngineConfig:
+        if not self.enable_chunked_prefill:
+            raise ValueError("enable_chunked_prefill: false is not simulated (the scheduler chunks prefills as vLLM V1 does)")
+        return self
 
 
 KVKind = Literal["hbm-only", "local-dram", "rdma-pool", "cxl-pool"]
@@ -575,6 +595,10 @@ def resolve_scenario(
     for key, value in sets:
         if key not in CARD_FIELDS:
             set_path(data, key, value)
+    try:
+        apply_vllm_profile(data)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as e:
