@@ -117,6 +117,38 @@ class GPUCard(Card):
     memcpy_uncacheable_small_us: float = Field(
         1230.0, ge=0, description="cost of one such CPU-driven small copy"
     )
+    interconnect: str = Field(
+        "pcie-gen5", description="models/interconnects card that joins this GPU's tensor-parallel ranks by default"
+    )
+
+
+class InterconnectCard(Card):
+    """The GPU-to-GPU link a tensor-parallel instance all-reduces over, costed as NCCL's ring.
+
+    One all-reduce of S bytes over n ranks takes, per protocol p in {LL, Simple},
+      base_p + 2(n-1) x step_p + S x 2(n-1)/n / busBw_p
+    and NCCL picks the faster protocol (NVIDIA/nccl src/graph/tuning.cc); busBw is the bus
+    bandwidth nccl-tests reports (doc/PERFORMANCE.md: busBw = algBw x 2(n-1)/n), LL's is a
+    fraction of Simple's."""
+
+    kind: Literal["nvlink", "pcie"]
+    link_gbps: float = Field(gt=0, description="line rate per GPU per direction, GB/s")
+    bus_gbps: float = Field(gt=0, description="all-reduce bus bandwidth NCCL reaches (Simple protocol), GB/s")
+    ll_base_us: float = Field(ge=0, description="fixed latency of one LL-protocol ring all-reduce")
+    ll_step_us: float = Field(ge=0, description="latency per ring step, LL protocol")
+    simple_base_us: float = Field(ge=0, description="fixed latency of one Simple-protocol ring all-reduce")
+    simple_step_us: float = Field(ge=0, description="latency per ring step, Simple protocol")
+    ll_bw_fraction: float = Field(gt=0, le=1, description="LL bus bandwidth as a share of bus_gbps")
+
+    def all_reduce_s(self, nbytes: float, ranks: int) -> float:
+        """Seconds for one ring all-reduce of nbytes (each rank's buffer) over `ranks` GPUs."""
+        if ranks <= 1 or nbytes <= 0:
+            return 0.0
+        steps = 2 * (ranks - 1)
+        wire = nbytes * steps / ranks  # bytes each rank sends: busBw's numerator
+        ll = (self.ll_base_us + steps * self.ll_step_us) * 1e-6 + wire / (self.bus_gbps * self.ll_bw_fraction * 1e9)
+        simple = (self.simple_base_us + steps * self.simple_step_us) * 1e-6 + wire / (self.bus_gbps * 1e9)
+        return min(ll, simple)
 
 
 class HostCard(Card):
@@ -192,6 +224,7 @@ class RPCCard(Card):
 CARD_KINDS: dict[str, type[Card]] = {
     "llms": LLMCard,
     "gpus": GPUCard,
+    "interconnects": InterconnectCard,
     "hosts": HostCard,
     "pcie_switches": PCIeSwitchCard,
     "root_complexes": RootComplexCard,
@@ -221,6 +254,7 @@ class HardwareConfig(_Strict):
 CARD_FIELDS: dict[str, str] = {
     "model": "llms",
     "gpu": "gpus",
+    "interconnect": "interconnects",
     "hardware.host": "hosts",
     "hardware.pcie_switch": "pcie_switches",
     "hardware.root_complex": "root_complexes",
@@ -355,6 +389,7 @@ class Scenario(_Strict):
     description: str = ""
     model: LLMCard
     gpu: GPUCard
+    interconnect: InterconnectCard = Field(description="GPU-to-GPU link of tensor-parallel ranks (default: the GPU card's)")
     hardware: HardwareConfig
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
@@ -479,6 +514,12 @@ def _expand_cards(raw: dict, where: str) -> dict:
             parent[leaf] = merged
         elif not isinstance(ref, dict):
             raise ConfigError(f"{where}: field '{dotted}' must be a card id or a mapping, got {ref!r}")
+    if "interconnect" not in data and isinstance(data.get("gpu"), dict):
+        # the GPU card names the link its tensor-parallel ranks use unless the scenario does
+        ic = data["gpu"].get("interconnect", GPUCard.model_fields["interconnect"].default)
+        if not isinstance(ic, str):
+            raise ConfigError(f"{where}: field 'gpu.interconnect' must be an interconnect card id, got {ic!r}")
+        data["interconnect"] = load_card_dict("interconnects", ic)
     return data
 
 
