@@ -409,7 +409,7 @@ def test_layerwise_load_runs_in_the_same_step():
     s = sched(tier=tier, mode="layerwise")
     s.add(r)
     plan, firsts, *_ = step(s, 0)
-    assert plan.layerwise and len(plan.loads) == 1
+    assert plan.in_step_loads and len(plan.loads) == 1
     assert plan.loads[0].num_blocks == 19
     assert plan.scheduled == [(r, 16)]
     assert r in firsts and r.tier_hit_tokens == 19 * BS

@@ -345,7 +345,15 @@ class KVSystemConfig(_Strict):
     )
     interleave: bool = Field(True, description="stripe pool data over devices and adapters")
     stripe_mb: float = Field(2.0, gt=0)
-    load_mode: Literal["async", "layerwise"] = "async"
+    load_mode: Literal["async", "sync", "layerwise"] = Field(
+        "async", description="connector loads: async (request waits, others step), sync (the admitting step "
+        "waits, whole batch), layerwise (layer i waits for layer i's KV); see policy/connector.py")
+    save_mode: Literal["async", "sync-step-end"] = Field(
+        "async", description="connector saves: async, or sync-step-end (the step waits for its saves)")
+    hold_blocks_until_saved: bool = Field(
+        False, description="a finished request keeps its HBM blocks until its saves land")
+    layer_sync_us: float = Field(
+        0.0, ge=0, description="layerwise loads: launch + wait cost per layer per step")
     save: bool = True
     metadata_rpc: Literal["auto", "cxl-slots", "rdma", "none"] = "auto"
     rpc_keys_per_call: int = Field(64, gt=0, description="keys batched into one metadata RPC")

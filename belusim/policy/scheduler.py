@@ -9,8 +9,10 @@ budget), and when its computed tokens reach its known tokens the step samples on
 
 At admission the scheduler asks the HBM prefix cache, then the external tier, how much of
 the prompt is already computed. A tier hit is loaded before the request runs (async mode:
-the request waits in LOADING while the others step) or during its first forward pass
-(layerwise mode). New full prompt chunks are handed out for saving after each step.
+the request waits in LOADING while the others step) or inside the step that admits it (sync
+and layerwise modes, see policy/connector.py). New full prompt chunks are handed out for
+saving after each step; with hold_blocks_until_saved a finished request keeps its blocks
+until its saves land.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from belusim.policy.blocks import BlockPool
+from belusim.policy.connector import LOAD_MODES
 from belusim.policy.request import Request, State
 from belusim.policy.tier import TierIndex
 
@@ -48,7 +51,7 @@ class StepPlan:
     prefill_units: float = 0.0  # sum of n x (c + n/2) over prefill chunks
     decode_context: int = 0  # KV tokens read by decoding requests
     loads: list = field(default_factory=list)  # Load, started now
-    layerwise: bool = False  # loads must finish before this step ends
+    in_step_loads: bool = False  # sync/layerwise: the loads are part of this step
     admitted: int = 0
     preempted: int = 0
     lookups: int = 0  # tier lookups done while scheduling (metadata RPCs)
@@ -76,7 +79,10 @@ class Scheduler:
         tier: TierIndex | None = None,
         load_mode: str = "async",
         save: bool = True,
+        hold_blocks_until_saved: bool = False,
     ):
+        if load_mode not in LOAD_MODES:
+            raise ValueError(f"load mode {load_mode!r}: expected one of {LOAD_MODES}")
         self.pool = pool
         self.bs = block_size
         self.budget = max_num_batched_tokens
@@ -84,6 +90,8 @@ class Scheduler:
         self.tier = tier
         self.load_mode = load_mode
         self.save_enabled = save and tier is not None
+        self.hold_until_saved = hold_blocks_until_saved and self.save_enabled
+        self.held: dict[Request, None] = {}  # finished, blocks kept until their saves land
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.loading = 0
@@ -229,8 +237,8 @@ class Scheduler:
             pool.allocate(ext)
             req.private_blocks += ext
             plan.loads.append(Load(req, hbm, ext))
-            if self.load_mode == "layerwise":
-                plan.layerwise = True
+            if self.load_mode != "async":
+                plan.in_step_loads = True
                 self._loaded(req, hbm, ext)
             else:
                 req.state = State.LOADING
@@ -347,17 +355,35 @@ class Scheduler:
         c = tier.chunk_blocks
         keys = [req.keys[(i + 1) * c - 1] for i in idx]
         tier.begin_save(keys)
+        req.saves_in_flight += 1
         return Save(req, idx, keys)
+
+    def save_done(self, save: Save) -> bool:
+        """A save landed (the tier was updated by the caller). Returns True if it freed the
+        blocks of a finished request that was holding them for it."""
+        req = save.request
+        req.saves_in_flight -= 1
+        if req.saves_in_flight or req.state is not State.FINISHED or req not in self.held:
+            return False
+        del self.held[req]
+        self._free(req)
+        return True
 
     def _finish(self, req: Request, now: float) -> None:
         self.running.remove(req)
-        self.pool.release(req.cached_keys, req.private_blocks)
         # a disaggregated prefill leaves its decode tokens to another instance
         self.outstanding_tokens -= req.output_tokens - req.num_output
-        req.cached_keys = []
-        req.private_blocks = 0
         req.state = State.FINISHED
         req.finish = now
+        if self.hold_until_saved and req.saves_in_flight:
+            self.held[req] = None
+        else:
+            self._free(req)
+
+    def _free(self, req: Request) -> None:
+        self.pool.release(req.cached_keys, req.private_blocks)
+        req.cached_keys = []
+        req.private_blocks = 0
 
     # -- many decode steps at once -----------------------------------------------------------
     def decode_horizon(self, max_steps: int) -> int:
@@ -414,7 +440,7 @@ class Scheduler:
 
     def check(self) -> None:
         self.pool.check()
-        live = list(self.running) + list(self.waiting)
+        live = list(self.running) + list(self.waiting) + list(self.held)
         private = sum(r.private_blocks for r in live)
         refs = sum(len(r.cached_keys) for r in live)
         if refs != sum(self.pool.refcount.values()):

@@ -19,6 +19,7 @@ from belusim.sim.engine import Instance
 from belusim.transport.kvpath import KVPaths
 from belusim.report.metrics import Recorder, itl_samples, summarize
 from belusim.policy.blocks import BlockPool
+from belusim.policy.connector import ConnectorSemantics
 from belusim.policy.request import Request, State
 from belusim.policy.router import Router
 from belusim.policy.scheduler import Scheduler
@@ -94,6 +95,8 @@ class Cluster:
                 f"system {system.name!r}: prefill/decode disaggregation hands KV over through a tier; "
                 "hbm-only has none (use local-dram, rdma-pool or cxl-pool)"
             )
+        connector = ConnectorSemantics(kv.load_mode, kv.save_mode, kv.hold_blocks_until_saved,
+                                       kv.layer_sync_us * 1e-6, scenario.model.layers)
         self.instances: list[Instance] = []
         for i, place in enumerate(self.paths.places):
             role = "mixed"
@@ -107,10 +110,11 @@ class Cluster:
                 tier=tier_for_server.get(place.server),
                 load_mode=kv.load_mode,
                 save=kv.save,
+                hold_blocks_until_saved=kv.hold_blocks_until_saved,
             )
             self.instances.append(
                 Instance(self.env, i, place, sched, compute, self.paths, eng.decode_coalesce_steps,
-                         scenario.gpu.copy_kernel_compute_slowdown, self._finished, role)
+                         scenario.gpu.copy_kernel_compute_slowdown, self._finished, role, connector)
             )
         for inst in self.instances:
             if inst.sched.tier is not None:
@@ -260,6 +264,9 @@ class Cluster:
                 raise AssertionError(f"instance {inst.index} still holds requests")
             if inst.pending_saves:
                 raise AssertionError(f"instance {inst.index} has {inst.pending_saves} saves in flight")
+            if inst.sched.held:
+                raise AssertionError(f"instance {inst.index}: {len(inst.sched.held)} finished requests "
+                                     "still hold blocks for saves that never landed")
         for tier in self.tiers:
             tier.check()
         f = self.paths.fabric

@@ -1,5 +1,10 @@
 """One serving instance as a SimPy process: schedule a step, run it, apply it, repeat.
 
+A step is: the tier lookups' metadata RPCs, then (sync connectors) the loads of the requests
+it admits, one after another, then the forward pass (layer-wise loads overlap it layer by
+layer), then (sync-step-end saves) the saves of the prompt chunks it completed. Only then do
+its sampled tokens count. See policy/connector.py.
+
 Pure-decode stretches are simulated many steps at a time: while nothing but context length
 changes, step j of a batch of B requests takes a + b x (C0 + j x B), so m steps have a closed
 form. An arrival or a finished load cuts the stretch at the end of the step in progress.
@@ -11,6 +16,7 @@ import simpy
 
 from belusim.compute.roofline import ComputeModel
 from belusim.transport.kvpath import GPUPlace, KVPaths
+from belusim.policy.connector import ConnectorSemantics
 from belusim.policy.request import Request
 from belusim.policy.scheduler import Load, Save, Scheduler
 
@@ -18,7 +24,7 @@ from belusim.policy.scheduler import Load, Save, Scheduler
 class Instance:
     def __init__(self, env: simpy.Environment, index: int, place: GPUPlace, sched: Scheduler,
                  compute: ComputeModel, paths: KVPaths, coalesce_steps: int, kernel_slowdown: float,
-                 on_finish, role: str = "mixed"):
+                 on_finish, role: str = "mixed", connector: ConnectorSemantics | None = None):
         self.env = env
         self.index = index
         self.place = place
@@ -29,6 +35,9 @@ class Instance:
         self.kernel_slowdown = kernel_slowdown
         self.on_finish = on_finish
         self.role = role  # mixed | prefill | decode
+        self.connector = connector or ConnectorSemantics(load_mode=sched.load_mode)
+        if self.connector.load_mode != sched.load_mode:
+            raise ValueError("the connector's load mode and the scheduler's differ")
         self._wake: simpy.Event | None = None
         self.steps = 0
         self.step_events = 0
@@ -63,20 +72,18 @@ class Instance:
         return t + self.kernel_slowdown * overlap if overlap > 0 else t
 
     def run(self):
-        env, sched = self.env, self.sched
+        env, sched, conn = self.env, self.sched, self.connector
         while True:
             plan = sched.schedule(env.now)
-            waits = []
             for load in plan.loads:
                 load.request.load_start = env.now
-                self._copy_issued(load.num_blocks)
-                proc = env.process(self._load(load, plan.layerwise))
-                if plan.layerwise:
-                    waits.append(proc)
+                if conn.load_mode != "sync":  # a sync load's copy ends before the forward pass
+                    self._copy_issued(load.num_blocks)
+                if not plan.in_step_loads:
+                    env.process(self._load(load))
             if not plan.scheduled:
-                if waits:
-                    yield env.all_of(waits)
-                    continue
+                if plan.loads and plan.in_step_loads:
+                    raise AssertionError("an in-step load was planned without its request")
                 if plan.preempted:
                     continue  # the step preempted everything it had: admit afresh
                 self._wake = env.event()
@@ -86,32 +93,64 @@ class Instance:
             rpc = self.paths.lookup_time(plan.lookups, plan.lookup_keys, env.now) if plan.lookups else 0.0
             # A stretch needs a steady step: no copy kernel overlapping it (its slowdown is
             # per step) and nothing new to admit. A blocked waiting request stays blocked
-            # until blocks are freed (a finish ends the stretch), its instance evicts (the
-            # horizon avoids it) or the tier changes its prefix (the saving side notifies).
-            if (plan.pure_decode and self.coalesce > 1 and not waits and not plan.lookups
+            # until blocks are freed (a finish or a held request's save ends the stretch),
+            # its instance evicts (the horizon avoids it) or the tier changes its prefix
+            # (the saving side notifies).
+            if (plan.pure_decode and self.coalesce > 1 and not plan.lookups
                     and (len(sched.waiting) == sched.loading or sched.blocked_head() is not None)
                     and self._copy_busy_until <= env.now):
                 k = sched.decode_horizon(self.coalesce)
                 if k > 1:
                     yield from self._decode_stretch(plan, k, rpc)
                     continue
-            t = rpc + self._with_interference(
+            compute = self._with_interference(
                 self.compute.step_time(plan.tokens, plan.prefill_units, plan.decode_context))
-            if waits:
-                yield env.all_of([env.timeout(t), *waits])
+            if rpc:
+                yield env.timeout(rpc)
+            if plan.in_step_loads and plan.loads:
+                yield from self._in_step_loads(plan.loads, compute)
             else:
-                yield env.timeout(t)
-            self.step_ends.append(env.now)
+                yield env.timeout(compute)
             self.steps += 1
             self.step_events += 1
-            _firsts, finished, saves = sched.step_done(plan, env.now)
-            for save in saves:
-                self.pending_saves += 1
-                save.request.saves_in_flight += 1
-                self._copy_issued(len(save.keys) * self.sched.tier.chunk_blocks)
-                env.process(self._save(save))
+            firsts, finished, saves = sched.step_done(plan, env.now)
+            if saves and conn.step_waits_for_saves:
+                # wait_for_save(): the step's outputs leave once its saves have landed
+                for save in saves:
+                    self.pending_saves += 1
+                    yield from self._save(save)
+                for req in firsts:
+                    req.first_token = env.now
+                for req in finished:
+                    req.finish = env.now
+                self.step_ends.append(env.now)
+            else:
+                self.step_ends.append(env.now)
+                for save in saves:
+                    self.pending_saves += 1
+                    self._copy_issued(len(save.keys) * self.sched.tier.chunk_blocks)
+                    env.process(self._save(save))
             for req in finished:
                 self.on_finish(req)
+
+    def _in_step_loads(self, loads: list[Load], compute: float):
+        env, conn = self.env, self.connector
+        if conn.load_mode == "sync":
+            # start_load_kv(): one blocking retrieve per request, then the forward pass
+            for load in loads:
+                load.request.load_start = env.now
+                yield from self.paths.load(self.place, load)
+                load.request.load_end = env.now
+            yield env.timeout(compute)
+            return
+        start = env.now
+        yield env.all_of([env.process(self._load_timed(load)) for load in loads])
+        end = start + conn.layerwise_step_time(env.now - start, compute)
+        yield env.timeout(end - env.now)
+
+    def _load_timed(self, load: Load):
+        yield from self.paths.load(self.place, load)
+        load.request.load_end = self.env.now
 
     def _decode_stretch(self, plan, k: int, rpc: float):
         env = self.env
@@ -142,12 +181,11 @@ class Instance:
         for req in self.sched.advance_decode(plan, steps, env.now):
             self.on_finish(req)
 
-    def _load(self, load: Load, layerwise: bool):
-        yield from self.paths.load(self.place, load)
-        load.request.load_end = self.env.now
-        if not layerwise:
-            self.sched.load_done(load)
-            self.notify()
+    def _load(self, load: Load):
+        """An async load: the request is admitted once it has landed."""
+        yield from self._load_timed(load)
+        self.sched.load_done(load)
+        self.notify()
 
     def _save(self, save: Save):
         yield from self.paths.save(self.place, save)
@@ -156,8 +194,9 @@ class Instance:
         for peer in self.tier_peers:
             if peer._in_stretch and peer.sched.tier_change_unblocks(save.keys, evicted):
                 peer.notify()
+        if self.sched.save_done(save):
+            self.notify()  # a finished request's held blocks are free: the head may fit now
         req = save.request
-        req.saves_in_flight -= 1
         if req.saves_in_flight == 0 and req.on_saved is not None:
             cb, req.on_saved = req.on_saved, None
             cb(req)
