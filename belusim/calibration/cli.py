@@ -14,6 +14,8 @@ from rich.table import Table
 from belusim.calibration import profile as prof_mod
 from belusim.calibration.errors import CalibrationError
 from belusim.calibration.fit import FITTED_KEYS
+from belusim.errors import InputError
+from belusim.outputs import check_output_file
 
 calibrate_app = typer.Typer(
     name="calibrate",
@@ -34,9 +36,9 @@ def _config_error_types() -> tuple[type[BaseException], ...]:
     try:
         from belusim.config.scenario import ConfigError
 
-        return (CalibrationError, ConfigError)
+        return (CalibrationError, ConfigError, InputError)
     except Exception:
-        return (CalibrationError,)
+        return (CalibrationError, InputError)
 
 
 class _RichReporter:
@@ -93,6 +95,7 @@ def probe(
     errors = _config_error_types()
     console = Console(stderr=False)
     try:
+        check_output_file(out)  # before minutes of probing
         spec = TargetSpec.from_options(dax, str(file) if file else None, offset, length, allow_write)
         opts = ProbeOptions(out=out, quick=quick, skip_gpu=skip_gpu, skip_cpu=skip_cpu, threads=threads,
                             target=spec, model=model, name=name, gpu_peak_tflops=gpu_peak_tflops,
@@ -152,6 +155,8 @@ def refit_cmd(
 
     try:
         path = prof_mod.resolve(name_or_path)
+        if out:
+            check_output_file(out)
         prof = refit(prof_mod.load(path))
         if out:
             prof_mod.save(prof, out)

@@ -22,6 +22,7 @@ from typing import Any
 
 from belusim.calibration.errors import CalibrationError
 from belusim.calibration.fit import FITTED_KEYS
+from belusim.outputs import atomic_write
 
 FORMAT = "belusim-calibration"
 VERSION = 1
@@ -116,12 +117,7 @@ def validate(prof: Any, where: str = "profile") -> dict:
 
 def save(prof: dict, path: Path) -> None:
     validate(prof, str(path))
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(prof, indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write(Path(path), json.dumps(prof, indent=1, sort_keys=False) + "\n")
 
 
 def load(path: Path) -> dict:

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from belusim.config.scenario import ConfigError, Scenario, resolve_scenario
+from belusim.outputs import check_output_file
 from belusim.paths import scenarios_dir
 
 app = typer.Typer(
@@ -122,10 +123,13 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines"),
 ):
     """Simulate every system of a scenario and print TTFT, TPOT and QPS per phase."""
+    from belusim.outputs import check_output_dir
     from belusim.report.metrics import json_safe, parse_goodput
-    from belusim.sim.runner import run_scenario
+    from belusim.sim.runner import RUN_OUTPUT_FILES, run_scenario
 
     try:
+        if out is not None:
+            check_output_dir(out, known=RUN_OUTPUT_FILES)
         slo = parse_goodput(goodput)
         sc, resolved = load(scenario, set_, calibration)
         names = [s.strip() for s in systems.split(",")] if systems else None
@@ -140,7 +144,7 @@ def run(
         print_results(report, Console(width=None if sys.stdout.isatty() else 132))
         if out is not None:
             Console().print(f"wrote {out}/requests.csv, {out}/requests.parquet, {out}/summary.json, "
-                            f"{out}/scenario.resolved.yaml")
+                            f"{out}/scenario.resolved.yaml, {out}/manifest.json")
 
 
 @app.command()
@@ -161,6 +165,10 @@ def compare(
     from belusim.study.sweep import RATIO_KEYS, compare_rows, write_table
 
     try:
+        if out is not None:
+            check_output_file(out)
+            if out.suffix != ".json":
+                check_output_file(out.with_suffix(".json"))
         slo = parse_goodput(goodput)
         sc, resolved = load(scenario, set_, calibration)
         names = [s.strip() for s in systems.split(",")] if systems else [s.name for s in sc.systems]

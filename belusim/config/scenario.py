@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from belusim.config.vllm import apply_vllm_profile
+from belusim.errors import InputError
 from belusim.paths import calibration_dir, models_dir
 from belusim.workloads.config import WorkloadConfig
 
@@ -25,7 +26,7 @@ KiB = 1024
 MiB = 1024 * 1024
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """Bad scenario, card or override. The message names the file and the field path."""
 
 

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from belusim.config.scenario import ConfigError, resolve_scenario
+from belusim.outputs import atomic_open, atomic_write, check_output_file
 from belusim.report.metrics import json_safe
 from belusim.sim.runner import RESULT_KEYS, run_scenario
 
@@ -76,6 +77,7 @@ def load_sweep(path: Path) -> Sweep:
 def run_sweep(path: Path, extra_set: list[str] | None = None, output: Path | None = None, progress=None) -> dict:
     sweep = load_sweep(path)
     scenario_path = (path.parent / sweep.scenario).resolve()
+    out = check_output_file(output or Path(sweep.output), inputs=[path, scenario_path])
     label = sweep.label or sweep.parameter
     rows = []
     for value in sweep.values:
@@ -87,7 +89,6 @@ def run_sweep(path: Path, extra_set: list[str] | None = None, output: Path | Non
         for d in report["details"]:
             for s in d["summaries"]:
                 rows.append({label: value, **{k: s[k] for k in s}})
-    out = output or Path(sweep.output)
     write_table(rows, out)
     return {"sweep": sweep.name, "parameter": sweep.parameter, "output": str(out), "rows": rows}
 
@@ -102,17 +103,16 @@ def _yaml_value(v: Any) -> str:
 
 def write_table(rows: list[dict], path: Path) -> None:
     """CSV at `path` (or JSON if it ends in .json); with a CSV, the JSON goes beside it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     safe = json_safe(rows)
     if path.suffix == ".json":
-        path.write_text(json.dumps(safe, indent=2))
+        atomic_write(path, json.dumps(safe, indent=2))
         return
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
-    with open(path, "w", newline="") as fh:
+    with atomic_open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=keys)
         w.writeheader()
         for r in safe:
             w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in keys})
-    path.with_suffix(".json").write_text(json.dumps(safe, indent=2))
+    atomic_write(path.with_suffix(".json"), json.dumps(safe, indent=2))

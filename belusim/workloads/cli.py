@@ -15,6 +15,9 @@ from typing import Iterator, Optional
 import typer
 from pydantic import ValidationError
 
+from belusim.errors import InputError
+from belusim.outputs import check_output_file
+
 from .errors import WorkloadError
 
 trace_app = typer.Typer(
@@ -31,7 +34,7 @@ def _user_errors() -> Iterator[None]:
     """Turn input errors into a clear message and exit code 2."""
     try:
         yield
-    except (WorkloadError, ValidationError, OSError) as e:
+    except (InputError, ValidationError, OSError) as e:
         msg = str(e)
         if isinstance(e, ValidationError):
             msg = "invalid options:\n" + "\n".join(
@@ -125,6 +128,7 @@ def convert_cmd(
     with _user_errors():
         _check_format(format)
         trace_kind(out)
+        check_output_file(out, inputs=[src])
         if not rate_scale > 0:
             raise WorkloadError(f"--rate-scale must be > 0, got {rate_scale}")
         fmt = format or detect_format(src)
@@ -168,6 +172,7 @@ def export_synthetic_cmd(
 
     with _user_errors():
         trace_kind(out)
+        check_output_file(out)
         data = dict(
             kind="lveval-synthetic",
             level=level,

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from belusim.errors import InputError
 
-class WorkloadError(ValueError):
+
+class WorkloadError(InputError):
     """Bad workload input; the message names the file, line and field where known."""
 
     @classmethod

@@ -15,6 +15,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from belusim.outputs import atomic_open
+
 from .errors import WorkloadError
 from .spec import RequestSpec, Workload
 
@@ -85,9 +87,8 @@ def write_trace(
     for r in reqs:
         _check_request(r, bs)
     header = _header(wl, bs, len(reqs))
-    path.parent.mkdir(parents=True, exist_ok=True)
     if kind == "jsonl":
-        with open(path, "w", encoding="utf-8") as f:
+        with atomic_open(path, "w") as f:
             f.write(json.dumps(header) + "\n")
             for r in reqs:
                 d = {
@@ -131,7 +132,8 @@ def write_trace(
         }
     )
     table = table.replace_schema_metadata({_META_KEY: json.dumps(header).encode()})
-    pq.write_table(table, path)
+    with atomic_open(path, "wb") as fh:
+        pq.write_table(table, fh)
     return path
 
 
