@@ -223,6 +223,32 @@ class Cluster:
         return
         yield  # a generator, like _open_loop
 
+    def _session_loop(self, wl: Workload, phase: str):
+        """Each session sends its turns in order: the first at its arrival_s, each later
+        one tags["think_s"] after the previous one finished."""
+        env = self.env
+        start = env.now
+        sessions: dict = {}
+        for spec in wl.requests:
+            sessions.setdefault(spec.tags["session"], []).append(spec)
+
+        def session(turns):
+            delay = start + (turns[0].arrival_s or 0.0) - env.now
+            if delay > 0:
+                yield env.timeout(delay)
+            for k, spec in enumerate(turns):
+                think = spec.tags.get("think_s", 0.0) if k else 0.0
+                if think > 0:
+                    yield env.timeout(think)
+                done = env.event()
+                self.submit(spec, phase, on_finish=lambda _r, done=done: done.succeed())
+                yield done
+
+        for turns in sessions.values():
+            env.process(session(turns))
+        return
+        yield  # a generator, like _open_loop
+
     def run_phase(self, phase: str, wl: Workload, max_time: float) -> None:
         if not wl.requests:
             raise SimulationError(f"phase {phase!r}: the workload has no requests")
@@ -230,6 +256,8 @@ class Cluster:
         self._phase_done = self.env.event()
         if wl.mode == "closed":
             self.env.process(self._closed_loop(wl, phase))
+        elif wl.mode == "sessions":
+            self.env.process(self._session_loop(wl, phase))
         else:
             self.env.process(self._open_loop(wl, phase))
         deadline = self.env.timeout(max_time)

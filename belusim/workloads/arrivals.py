@@ -45,3 +45,21 @@ def gamma_arrivals(n: int, rate_qps: float, cv: float, rng: np.random.Generator)
     shape = 1.0 / (cv * cv)
     scale = 1.0 / (rate_qps * shape)
     return _times_from_gaps(rng.gamma(shape, scale, size=n - 1))
+
+
+def stage_arrivals(stages: list[tuple[float, float]], rng: np.random.Generator) -> np.ndarray:
+    """Arrival times (s) of Poisson stages [(rate_qps, duration_s), ...] run back to back.
+
+    Stage k sends round(rate * duration) requests at sorted uniform times inside its
+    window: the arrival times of a Poisson process given how many arrived.
+    """
+    out = []
+    t0 = 0.0
+    for rate, duration in stages:
+        _check(0, rate)
+        if not (duration > 0 and np.isfinite(duration)):
+            raise WorkloadError(f"stage duration_s must be a positive finite number, got {duration}")
+        k = int(round(rate * duration))
+        out.append(t0 + np.sort(rng.uniform(0.0, duration, size=k)))
+        t0 += duration
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float64)

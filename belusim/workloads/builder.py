@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .arrivals import gamma_arrivals, poisson_arrivals
+from .arrivals import gamma_arrivals, poisson_arrivals, stage_arrivals
 from .config import (
     BelusimTraceConfig,
     ClosedArrival,
@@ -21,7 +21,10 @@ from .config import (
     LvevalFilesConfig,
     LvevalSyntheticConfig,
     MooncakeConfig,
+    MultiTurnConfig,
     PoissonArrival,
+    SharedPrefixConfig,
+    StagesArrival,
     TraceArrival,
     TraceOutput,
     UniformOutput,
@@ -40,6 +43,7 @@ from .lveval import (
 )
 from .mooncake import engine_block_keys, read_mooncake
 from .spec import RequestSpec, Workload
+from .synthetic import prompts_block_keys, session_prompts, shared_prefix_prompts
 from .trace_format import read_trace
 
 
@@ -115,6 +119,11 @@ def _apply_arrivals(reqs: list[RequestSpec], arrival, seed: int, phase: str, rec
         t = poisson_arrivals(n, arrival.rate_qps, rng)
     elif isinstance(arrival, GammaArrival):
         t = gamma_arrivals(n, arrival.rate_qps, arrival.cv, rng)
+    elif isinstance(arrival, StagesArrival):
+        t = stage_arrivals([(s.rate_qps, s.duration_s) for s in arrival.stages], rng)
+        if len(t) < n:
+            raise WorkloadError(f"{what}: the arrival stages send {len(t)} requests but the workload has {n}")
+        t = t[:n]
     elif isinstance(arrival, TraceArrival):
         if recorded is None:
             raise WorkloadError(f"{what}: arrival.process 'trace' needs timestamps, which this source lacks")
@@ -203,7 +212,89 @@ def build_workload(cfg, *, block_size: int, seed: int, base_dir: Path | None = N
             if all(r.arrival_s is not None for r in reqs):
                 recorded = np.array([r.arrival_s for r in reqs], dtype=np.float64)
             wl = _apply_arrivals(reqs, cfg.arrival, seed, phase, recorded, f"belusim-trace {path}")
+    elif isinstance(cfg, SharedPrefixConfig):
+        wl = _apply_arrivals(shared_prefix_requests(cfg, block_size, seed), cfg.arrival, seed, phase, None, "shared-prefix")
+    elif isinstance(cfg, MultiTurnConfig):
+        wl = multi_turn_workload(cfg, block_size, seed, phase)
     else:  # pragma: no cover - the union is closed
         raise WorkloadError(f"unsupported workload kind {type(cfg).__name__}")
     wl.block_size = block_size
     return wl
+
+
+def shared_prefix_requests(cfg: SharedPrefixConfig, block_size: int, seed: int) -> list[RequestSpec]:
+    """N x M prompts sent num_requests times in the configured order."""
+    prompts = shared_prefix_prompts(
+        name=cfg.name,
+        seed=seed,
+        num_groups=cfg.num_groups,
+        prompts_per_group=cfg.prompts_per_group,
+        system_prompt_tokens=cfg.system_prompt_tokens,
+        question_tokens=cfg.question_tokens,
+    )
+    n_prompts = len(prompts)
+    n = cfg.num_requests
+    if n is None:
+        n = cfg.arrival.total_requests if isinstance(cfg.arrival, StagesArrival) else n_prompts
+    if cfg.order == "sequential":
+        which = np.arange(n) % n_prompts
+    else:
+        rng = rng_for(seed, "shared-prefix", cfg.name, "order")
+        passes = -(-n // n_prompts)
+        which = np.concatenate([rng.permutation(n_prompts) for _ in range(passes)])[:n]
+    keys, off = prompts_block_keys(prompts, block_size, hash_str("belusim-ns", "shared-prefix", cfg.name))
+    outs = _outputs(cfg.output, n, seed, None, None)
+    total = cfg.system_prompt_tokens + cfg.question_tokens
+    m = cfg.prompts_per_group
+    reqs = []
+    for i, (p, o) in enumerate(zip(which.tolist(), np.asarray(outs).tolist())):
+        reqs.append(
+            RequestSpec(
+                i, total, int(o), keys[off[p] : off[p + 1]], None, f"shared-prefix:{cfg.name}:{p // m}:{p % m}",
+                tags={"group": p // m, "prompt": p % m},
+            )
+        )
+    return reqs
+
+
+def multi_turn_workload(cfg: MultiTurnConfig, block_size: int, seed: int, phase: str) -> Workload:
+    """Sessions whose turns nest: each turn's prompt extends the previous turn's prompt and
+    answer. Requests carry tags session, turn and think_s (the pause before this turn)."""
+    rng = rng_for(seed, "multi-turn", cfg.name, "lengths")
+    S, T = cfg.num_sessions, cfg.turns
+    if cfg.user_tokens_cv > 0:
+        sigma2 = np.log1p(cfg.user_tokens_cv**2)
+        user = np.maximum(1, np.rint(rng.lognormal(np.log(cfg.user_tokens) - sigma2 / 2, np.sqrt(sigma2), size=(S, T)))).astype(np.int64)
+    else:
+        user = np.full((S, T), cfg.user_tokens, dtype=np.int64)
+    answers = np.asarray(_outputs(cfg.output, S * T, seed, None, None), dtype=np.int64).reshape(S, T)
+    trng = rng_for(seed, "multi-turn", cfg.name, "think")
+    if cfg.think_time_dist == "exponential" and cfg.think_time_s > 0:
+        think = trng.exponential(cfg.think_time_s, size=(S, T))
+    else:
+        think = np.full((S, T), cfg.think_time_s)
+    shared_sys = hash_str("multi-turn", cfg.name, seed, "system", "shared") if cfg.shared_system_prompt else None
+    prompts = []
+    for s in range(S):
+        prompts += session_prompts(
+            name=cfg.name, seed=seed, session=s, turns=T, system_id=shared_sys,
+            system_prompt_tokens=cfg.system_prompt_tokens, user_tokens=user[s], answer_tokens=answers[s],
+        )
+    keys, off = prompts_block_keys(prompts, block_size, hash_str("belusim-ns", "multi-turn", cfg.name))
+    # Session start times from the arrival process (one start per session).
+    starts = _apply_arrivals(
+        [RequestSpec(s, 1, 1, np.zeros(0, dtype=np.int64)) for s in range(S)], cfg.arrival, seed, phase, None, "multi-turn"
+    ).requests
+    reqs = []
+    for s in range(S):
+        for t in range(T):
+            i = s * T + t
+            segs = prompts[i]
+            reqs.append(
+                RequestSpec(
+                    i, sum(n for _, n in segs), int(answers[s, t]), keys[off[i] : off[i + 1]],
+                    starts[s].arrival_s if t == 0 else None, f"multi-turn:{cfg.name}:{s}:{t}",
+                    tags={"session": s, "turn": t, "think_s": float(think[s, t]) if t else 0.0},
+                )
+            )
+    return Workload(reqs, block_size, mode="sessions")

@@ -59,6 +59,26 @@ class GammaArrival(_Base):
     )
 
 
+class RateStage(_Base):
+    rate_qps: float = Field(gt=0.0, description="Mean arrival rate in this stage (requests per second).")
+    duration_s: float = Field(gt=0.0, description="Length of the stage (s).")
+
+
+class StagesArrival(_Base):
+    """Poisson stages, one after another (the inference-perf / llm-d load shape).
+
+    Stage k sends round(rate_qps * duration_s) requests at Poisson times inside its window
+    (uniform order statistics: a Poisson process given its count).
+    """
+
+    process: Literal["stages"] = Field("stages", description="Poisson stages.")
+    stages: list[RateStage] = Field(min_length=1, description="Rate stages, in order.")
+
+    @property
+    def total_requests(self) -> int:
+        return sum(int(round(s.rate_qps * s.duration_s)) for s in self.stages)
+
+
 class TraceArrival(_Base):
     """Replay the timestamps recorded in the trace."""
 
@@ -66,7 +86,7 @@ class TraceArrival(_Base):
 
 
 ArrivalConfig = Annotated[
-    Union[ClosedArrival, PoissonArrival, GammaArrival, TraceArrival],
+    Union[ClosedArrival, PoissonArrival, GammaArrival, StagesArrival, TraceArrival],
     Field(discriminator="process"),
 ]
 
@@ -267,8 +287,67 @@ class BelusimTraceConfig(_Base):
         return self
 
 
+class SharedPrefixConfig(_Base):
+    """N groups x M prompts: each group's prompts share a system prompt, then a unique question
+    (inference-perf's shared_prefix data shape, used by llm-d's prefix-cache benchmarks)."""
+
+    kind: Literal["shared-prefix"] = Field(description="Shared-prefix groups.")
+    name: str = Field("shared-prefix", description="Namespace: workloads of different names share no blocks.")
+    num_groups: int = Field(ge=1, description="Number of groups (distinct system prompts).")
+    prompts_per_group: int = Field(ge=1, description="Distinct questions per group.")
+    system_prompt_tokens: int = Field(ge=0, description="Shared system-prompt length (tokens).")
+    question_tokens: int = Field(ge=1, description="Question length (tokens), unique per prompt.")
+    num_requests: int | None = Field(
+        None, ge=1, description="Requests to send; None = the stages' count, else each prompt once."
+    )
+    order: Literal["random", "sequential"] = Field(
+        "random", description="random: seeded shuffles of all prompts, one pass after another; sequential: group by group."
+    )
+    output: OutputConfig = Field(description="Output-length rule (fixed or uniform).")
+    arrival: ArrivalConfig = Field(default_factory=ClosedArrival, description="Arrival process.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SharedPrefixConfig":
+        _no_trace_modes("shared-prefix", self.arrival, self.output)
+        _no_lveval_caps("shared-prefix", self.output)
+        return self
+
+
+class MultiTurnConfig(_Base):
+    """Conversations: turn t's prompt is the whole history (system prompt, every earlier
+    question and answer) plus a new question; the next turn is sent a think time after the
+    reply ends."""
+
+    kind: Literal["multi-turn"] = Field(description="Multi-turn sessions.")
+    name: str = Field("multi-turn", description="Namespace: workloads of different names share no blocks.")
+    num_sessions: int = Field(ge=1, description="Number of conversations.")
+    turns: int = Field(ge=1, description="Turns per conversation.")
+    system_prompt_tokens: int = Field(0, ge=0, description="System prompt at the head of every turn.")
+    shared_system_prompt: bool = Field(False, description="One system prompt for all sessions (else one each).")
+    user_tokens: int = Field(ge=1, description="Mean new user tokens per turn.")
+    user_tokens_cv: float = Field(0.0, ge=0.0, description="Coefficient of variation of user tokens (lognormal).")
+    think_time_s: float = Field(0.0, ge=0.0, description="Mean pause between a reply and the next turn (s).")
+    think_time_dist: Literal["fixed", "exponential"] = Field("fixed", description="Think-time distribution.")
+    output: OutputConfig = Field(description="Answer length per turn (fixed or uniform); answers join the history.")
+    arrival: ArrivalConfig = Field(description="When sessions start (poisson, gamma or stages; one start per session).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "MultiTurnConfig":
+        _no_trace_modes("multi-turn", self.arrival, self.output)
+        _no_lveval_caps("multi-turn", self.output)
+        if isinstance(self.arrival, ClosedArrival):
+            raise ValueError("multi-turn: arrival gives session start times (poisson, gamma or stages), not closed")
+        if isinstance(self.arrival, StagesArrival) and self.arrival.total_requests != self.num_sessions:
+            raise ValueError(
+                f"multi-turn: the stages start {self.arrival.total_requests} sessions but num_sessions is {self.num_sessions}"
+            )
+        return self
+
+
 WorkloadConfig = Annotated[
-    Union[LvevalSyntheticConfig, LvevalFilesConfig, MooncakeConfig, BelusimTraceConfig],
+    Union[
+        LvevalSyntheticConfig, LvevalFilesConfig, MooncakeConfig, BelusimTraceConfig, SharedPrefixConfig, MultiTurnConfig
+    ],
     Field(discriminator="kind"),
 ]
 

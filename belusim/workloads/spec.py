@@ -35,7 +35,9 @@ class Workload:
 
     requests: list[RequestSpec]
     block_size: int
-    # "open": requests carry arrival_s; "closed": clients issue them back to back.
+    # "open": requests carry arrival_s; "closed": clients issue them back to back;
+    # "sessions": requests tagged session/turn: a session starts at its first turn's
+    # arrival_s and sends each later turn tags["think_s"] after the previous one finished.
     mode: str = "open"
     clients: int = 0
     think_time_s: float = 0.0
