@@ -1,4 +1,5 @@
-"""One serving instance as a SimPy process: schedule a step, run it, apply it, repeat.
+"""One serving instance as a SimPy process: the SimPy executor of the shared step loop
+(policy/step.py), which schedules a step, has it run, applies it and repeats.
 
 A step is: the tier lookups' metadata RPCs, then (sync connectors) the loads of the requests
 it admits, one after another, then the forward pass (layer-wise loads overlap it layer by
@@ -19,6 +20,7 @@ from belusim.transport.kvpath import GPUPlace, KVPaths
 from belusim.policy.connector import ConnectorSemantics
 from belusim.policy.request import Request
 from belusim.policy.scheduler import Load, Save, Scheduler
+from belusim.policy.step import IDLE, WaitSaves, load_landed, save_landed, step_loop
 
 
 class Instance:
@@ -71,67 +73,65 @@ class Instance:
         overlap = min(t, self._copy_busy_until - self.env.now)
         return t + self.kernel_slowdown * overlap if overlap > 0 else t
 
+    # -- the executor of policy.step.step_loop ---------------------------------------------
+    def now(self) -> float:
+        return self.env.now
+
+    def steady(self) -> bool:
+        return self._copy_busy_until <= self.env.now
+
+    def plan_load(self, load: Load, in_step: bool) -> None:
+        if self.connector.load_mode != "sync":  # a sync load's copy ends before the forward pass
+            self._copy_issued(load.num_blocks)
+        if not in_step:
+            self.env.process(self._load(load))
+
+    def start_saves(self, saves: list[Save]) -> None:
+        for save in saves:
+            self.pending_saves += 1
+            self._copy_issued(len(save.keys) * self.sched.tier.chunk_blocks)
+            self.env.process(self._save(save))
+
+    def step_ended(self) -> None:
+        self.step_ends.append(self.env.now)
+
+    def request_finished(self, req: Request) -> None:
+        self.on_finish(req)
+
     def run(self):
-        env, sched, conn = self.env, self.sched, self.connector
+        """Drive the shared step loop in SimPy time."""
+        env = self.env
+        loop = step_loop(self.sched, self.connector, self, self.coalesce)
+        cmd = next(loop)
         while True:
-            plan = sched.schedule(env.now)
-            for load in plan.loads:
-                load.request.load_start = env.now
-                if conn.load_mode != "sync":  # a sync load's copy ends before the forward pass
-                    self._copy_issued(load.num_blocks)
-                if not plan.in_step_loads:
-                    env.process(self._load(load))
-            if not plan.scheduled:
-                if plan.loads and plan.in_step_loads:
-                    raise AssertionError("an in-step load was planned without its request")
-                if plan.preempted:
-                    continue  # the step preempted everything it had: admit afresh
+            ran = None
+            if cmd is IDLE:
                 self._wake = env.event()
                 yield self._wake
                 self._wake = None
-                continue
-            rpc = self.paths.lookup_time(plan.lookups, plan.lookup_keys, env.now) if plan.lookups else 0.0
-            # A stretch needs a steady step: no copy kernel overlapping it (its slowdown is
-            # per step) and nothing new to admit. A blocked waiting request stays blocked
-            # until blocks are freed (a finish or a held request's save ends the stretch),
-            # its instance evicts (the horizon avoids it) or the tier changes its prefix
-            # (the saving side notifies).
-            if (plan.pure_decode and self.coalesce > 1 and not plan.lookups
-                    and (len(sched.waiting) == sched.loading or sched.blocked_head() is not None)
-                    and self._copy_busy_until <= env.now):
-                k = sched.decode_horizon(self.coalesce)
-                if k > 1:
-                    yield from self._decode_stretch(plan, k, rpc)
-                    continue
-            compute = self._with_interference(
-                self.compute.step_time(plan.tokens, plan.prefill_units, plan.decode_context))
-            if rpc:
-                yield env.timeout(rpc)
-            if plan.in_step_loads and plan.loads:
-                yield from self._in_step_loads(plan.loads, compute)
-            else:
-                yield env.timeout(compute)
-            self.steps += 1
-            self.step_events += 1
-            firsts, finished, saves = sched.step_done(plan, env.now)
-            if saves and conn.step_waits_for_saves:
-                # wait_for_save(): the step's outputs leave once its saves have landed
-                for save in saves:
+            elif isinstance(cmd, WaitSaves):
+                for save in cmd.saves:
                     self.pending_saves += 1
                     yield from self._save(save)
-                for req in firsts:
-                    req.first_token = env.now
-                for req in finished:
-                    req.finish = env.now
-                self.step_ends.append(env.now)
+            elif cmd.steps > 1:
+                ran = yield from self._decode_stretch(cmd.plan, cmd.steps)
             else:
-                self.step_ends.append(env.now)
-                for save in saves:
-                    self.pending_saves += 1
-                    self._copy_issued(len(save.keys) * self.sched.tier.chunk_blocks)
-                    env.process(self._save(save))
-            for req in finished:
-                self.on_finish(req)
+                yield from self._step(cmd.plan)
+            cmd = loop.send(ran)
+
+    def _step(self, plan):
+        env = self.env
+        rpc = self.paths.lookup_time(plan.lookups, plan.lookup_keys, env.now) if plan.lookups else 0.0
+        compute = self._with_interference(
+            self.compute.step_time(plan.tokens, plan.prefill_units, plan.decode_context))
+        if rpc:
+            yield env.timeout(rpc)
+        if plan.in_step_loads and plan.loads:
+            yield from self._in_step_loads(plan.loads, compute)
+        else:
+            yield env.timeout(compute)
+        self.steps += 1
+        self.step_events += 1
 
     def _in_step_loads(self, loads: list[Load], compute: float):
         env, conn = self.env, self.connector
@@ -152,11 +152,10 @@ class Instance:
         yield from self.paths.load(self.place, load)
         load.request.load_end = self.env.now
 
-    def _decode_stretch(self, plan, k: int, rpc: float):
+    def _decode_stretch(self, plan, k: int):
         env = self.env
         batch, c0 = len(plan.scheduled), plan.decode_context
-        a, b = self.compute.decode_run(batch, c0)
-        a += rpc  # zero: nothing waits, so nothing was looked up
+        a, b = self.compute.decode_run(batch, c0)  # no lookup time: a stretch looked nothing up
 
         def elapsed(m: int) -> float:
             return m * a + b * (m * c0 + batch * m * (m - 1) / 2)
@@ -178,28 +177,24 @@ class Instance:
         ends = [start + elapsed(m) for m in range(1, steps)]
         self.step_ends += ends
         self.step_ends.append(env.now)
-        for req in self.sched.advance_decode(plan, steps, env.now):
-            self.on_finish(req)
+        return steps
 
     def _load(self, load: Load):
         """An async load: the request is admitted once it has landed."""
-        yield from self._load_timed(load)
-        self.sched.load_done(load)
+        yield from self.paths.load(self.place, load)
+        load_landed(self.sched, load, self.env.now)
         self.notify()
 
     def _save(self, save: Save):
         yield from self.paths.save(self.place, save)
-        evicted = self.sched.tier.end_save(save.keys)
         self.pending_saves -= 1
-        for peer in self.tier_peers:
-            if peer._in_stretch and peer.sched.tier_change_unblocks(save.keys, evicted):
-                peer.notify()
-        if self.sched.save_done(save):
-            self.notify()  # a finished request's held blocks are free: the head may fit now
-        req = save.request
-        if req.saves_in_flight == 0 and req.on_saved is not None:
-            cb, req.on_saved = req.on_saved, None
-            cb(req)
+
+        def wake_peers(evicted):
+            for peer in self.tier_peers:
+                if peer._in_stretch and peer.sched.tier_change_unblocks(save.keys, evicted):
+                    peer.notify()
+
+        save_landed(self.sched, save, wake_peers, self.notify)
 
 
 def _steps_covering(elapsed, t: float, k: int) -> int:
