@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from belusim.config.lookup import find_scenario
 from belusim.config.scenario import ConfigError, Scenario, resolve_scenario
 from belusim.outputs import check_output_file
 from belusim.paths import scenarios_dir
@@ -41,19 +42,6 @@ try:
     app.add_typer(calibrate_app, name="calibrate", help="Measure this machine and fit a calibration profile.")
 except ImportError:  # pragma: no cover
     pass
-
-
-def find_scenario(name: str | None) -> Path:
-    """A path, or the name of a packaged scenario (with or without .yaml)."""
-    if name is None:
-        return scenarios_dir() / "quickstart.yaml"
-    p = Path(name)
-    if p.is_file():
-        return p
-    for cand in (scenarios_dir() / name, scenarios_dir() / f"{name}.yaml"):
-        if cand.is_file():
-            return cand
-    raise ConfigError(f"scenario {name!r} not found (not a file, not in {scenarios_dir()})")
 
 
 def load(name: str | None, overrides: list[str], calibration: str | None = None) -> tuple[Scenario, dict]:
@@ -205,33 +193,82 @@ def compare(
 
 @app.command()
 def sweep(
-    study: Path = typer.Argument(..., help="sweep file (YAML): a scenario, a parameter and its values"),
+    study: str = typer.Argument(..., help="sweep file (YAML) or packaged sweep name, e.g. beluga/sweep-rate"),
+    grid: list[str] = typer.Option([], "--grid", help="vary one more field: path=v1,v2,... (repeatable; "
+                                   "every combination runs; commas inside {} or [] stay)"),
     set_: list[str] = typer.Option([], "--set", help="extra fixed overrides"),
     out: Optional[Path] = typer.Option(None, "--out", help="table path (default: the sweep's output)"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="local Dask worker processes (default: one per "
+                                          "CPU; 0: run in this process without Dask)"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="address of a running Dask scheduler "
+                                            "(tcp://host:8786) to run the points on instead"),
+    restart: bool = typer.Option(False, "--restart", help="discard points finished by an earlier run"),
     as_json: bool = typer.Option(False, "--json", help="print the rows as JSON"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
-    """Run a scenario once per value of one parameter and write the table."""
+    """Run a scenario once per combination of values and write the table. Each point's result is
+    appended to <table>.points.jsonl as it arrives; run the same command again after an
+    interruption and only the missing points run."""
     from belusim.report.metrics import json_safe
-    from belusim.study.sweep import run_sweep
+    from belusim.study.sweep import parse_grid, run_sweep
 
     try:
-        progress = None if quiet else (lambda msg: err.print(f"[dim]{msg}[/]"))
-        res = run_sweep(study, set_, out, progress)
+        extra = parse_grid(grid)
+        with _points_progress(quiet) as (on_start, on_result):
+            res = run_sweep(study, set_, out, None, extra, workers, scheduler, restart, on_start, on_result)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
         _fail(str(e))
     if as_json:
-        sys.stdout.write(json.dumps(json_safe(res)) + "\n")
+        sys.stdout.write(json.dumps(json_safe({k: v for k, v in res.items() if k != "details"})) + "\n")
         return
-    label = res["rows"][0] and next(iter(res["rows"][0]))
-    table = Table(title=f"sweep {res['sweep']}: {res['parameter']}")
-    for c in [label, "system", "phase", "TTFT mean ms", "TTFT p99 ms", "TPOT mean ms", "req/s", "tier hit"]:
+    labels = res["labels"]
+    table = Table(title=f"sweep {res['sweep']}: {', '.join(res['parameters'])}")
+    for c in [*labels, "system", "phase", "TTFT mean ms", "TTFT p99 ms", "TPOT mean ms", "req/s", "tier hit"]:
         table.add_column(str(c))
     for r in res["rows"]:
-        table.add_row(str(r[label]), r["system"], r["phase"], _fmt(r["mean_ttft_ms"], 1), _fmt(r["p99_ttft_ms"], 1),
-                      _fmt(r["mean_tpot_ms"], 1), _fmt(r["request_throughput"]), _fmt(r["tier_hit_ratio"], 2))
+        table.add_row(*[_cell(r[lb]) for lb in labels], r["system"], r["phase"], _fmt(r["mean_ttft_ms"], 1),
+                      _fmt(r["p99_ttft_ms"], 1), _fmt(r["mean_tpot_ms"], 1), _fmt(r["request_throughput"]),
+                      _fmt(r["tier_hit_ratio"], 2))
     Console(width=None if sys.stdout.isatty() else 150).print(table)
-    Console().print(f"wrote {res['output']}")
+    Console().print(f"wrote {res['output']} (points in {res['points']})")
+
+
+def _cell(v) -> str:
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={x}" for k, x in v.items())
+    return str(v)
+
+
+class _points_progress:
+    """A rich progress bar over points on stderr; (on_start, on_result) for the study."""
+
+    def __init__(self, quiet: bool, what: str = "points"):
+        self.quiet = quiet
+        self.what = what
+        self.bar = None
+        self.task = None
+
+    def __enter__(self):
+        if self.quiet:
+            return None, None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=err, transient=False)
+
+        def on_start(total: int, done: int, where: str) -> None:
+            err.print(f"[dim]{total} {self.what}, {done} already done, {where}[/]")
+            self.bar.start()
+            self.task = self.bar.add_task(self.what, total=total, completed=done)
+
+        def on_result(_point, _res) -> None:
+            self.bar.advance(self.task)
+
+        return on_start, on_result
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
 
 
 @app.command()
