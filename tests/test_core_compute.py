@@ -40,50 +40,52 @@ def test_llm_params_and_linear_flops():
 
 
 def test_zero_tokens_take_no_time(cm):
-    assert cm.step_time(0, 0.0, 0) == 0.0
+    assert cm.step_time(0, 0.0, 0, 0) == 0.0
 
 
 def test_small_batch_is_weight_bound(cm):
-    t = cm.step_time(1, 0.0, 0)
+    t = cm.step_time(1, 0.0, 0, 1)
     weights = cm.weight_bytes / cm.mem_rate
-    assert 1 * cm.linear_flops_per_token / cm.linear_rate < weights
+    assert (cm.body_flops_per_token + cm.head_flops_per_seq) / cm.linear_rate < weights
     assert t == pytest.approx(cm.step_overhead_s + weights, rel=1e-12)
 
 
 def test_large_prefill_is_flop_bound_with_attention(cm):
     n, c = 2048, 4096
     units = n * (c + n / 2)
-    t = cm.step_time(n, units, 0)
-    linear = n * cm.linear_flops_per_token / cm.linear_rate
+    t = cm.step_time(n, units, 0, 1)
+    # one prefill sequence: the LM head runs once, not for each of its n tokens
+    linear = (n * cm.body_flops_per_token + cm.head_flops_per_seq) / cm.linear_rate
     assert linear > cm.weight_bytes / cm.mem_rate
     attention = units * cm.attn_flops_coeff / cm.attn_rate
     assert t == pytest.approx(cm.step_overhead_s + linear + attention, rel=1e-12)
     # the attention term is linear in its units
-    assert cm.step_time(n, 2 * units, 0) - t == pytest.approx(attention, rel=1e-9)
+    assert cm.step_time(n, 2 * units, 0, 1) - t == pytest.approx(attention, rel=1e-9)
 
 
 def test_kv_read_term_of_decoders(cm):
-    t0 = cm.step_time(8, 0.0, 0)
-    t1 = cm.step_time(8, 0.0, 100_000)
+    t0 = cm.step_time(8, 0.0, 0, 8)
+    t1 = cm.step_time(8, 0.0, 100_000, 8)
     assert t1 - t0 == pytest.approx(100_000 * cm.kv_bytes_per_token / cm.mem_rate, rel=1e-9)
 
 
 def test_linear_term_is_max_of_flops_and_weights(cm):
     # the crossover batch where the GEMMs become slower than streaming the weights
-    cross = cm.weight_bytes / cm.mem_rate * cm.linear_rate / cm.linear_flops_per_token
+    per_seq = cm.body_flops_per_token + cm.head_flops_per_seq  # a decode token samples once
+    cross = cm.weight_bytes / cm.mem_rate * cm.linear_rate / per_seq
     below, above = int(cross * 0.5), int(cross * 2)
-    assert cm.step_time(below, 0, 0) == pytest.approx(cm.step_overhead_s + cm.weight_bytes / cm.mem_rate)
-    assert cm.step_time(above, 0, 0) == pytest.approx(
-        cm.step_overhead_s + above * cm.linear_flops_per_token / cm.linear_rate)
+    assert cm.step_time(below, 0, 0, below) == pytest.approx(cm.step_overhead_s + cm.weight_bytes / cm.mem_rate)
+    assert cm.step_time(above, 0, 0, above) == pytest.approx(
+        cm.step_overhead_s + above * per_seq / cm.linear_rate)
 
 
 @pytest.mark.parametrize("batch,c0,m", [(1, 100, 1), (3, 5000, 7), (40, 123_457, 300), (300, 10, 50)])
 def test_decode_run_closed_form_equals_sum_of_steps(cm, batch, c0, m):
     a, b = cm.decode_run(batch, c0)
     closed = m * a + b * (m * c0 + batch * m * (m - 1) / 2)
-    summed = sum(cm.step_time(batch, 0.0, c0 + j * batch) for j in range(m))
+    summed = sum(cm.step_time(batch, 0.0, c0 + j * batch, batch) for j in range(m))
     assert closed == pytest.approx(summed, rel=1e-12)
-    assert a + b * c0 == pytest.approx(cm.step_time(batch, 0.0, c0), rel=1e-12)
+    assert a + b * c0 == pytest.approx(cm.step_time(batch, 0.0, c0, batch), rel=1e-12)
 
 
 def test_layer_forms_times_layers_match_step_without_overhead():
@@ -99,3 +101,17 @@ def test_layer_forms_times_layers_match_step_without_overhead():
     lw = m.params_per_layer * m.weight_bytes_per_param
     assert d == pytest.approx(max(4 * m.params_per_layer * 2 / cm.linear_rate, lw / cm.mem_rate)
                               + 4 * 1000 * m.kv_bytes_per_token / m.layers / cm.mem_rate, rel=1e-12)
+
+
+def test_lm_head_counts_once_per_sequence(cm):
+    m = load_card("llms", "qwen3-32b")
+    assert cm.head_flops_per_seq == 2.0 * m.vocab * m.hidden
+    assert cm.body_flops_per_token == 2.0 * m.layers * m.params_per_layer
+    # a 4096-token prefill chunk of one request vs the same tokens spread over 4 requests:
+    # only the LM head differs, by 3 sequences' worth
+    one = cm.step_time(4096, 0.0, 0, 1)
+    four = cm.step_time(4096, 0.0, 0, 4)
+    assert four - one == pytest.approx(3 * cm.head_flops_per_seq / cm.linear_rate, rel=1e-9)
+    # and the prefill chunk costs far less than it would with the head run for every token
+    per_token_head = cm.step_overhead_s + 4096 * (cm.body_flops_per_token + cm.head_flops_per_seq) / cm.linear_rate
+    assert one < per_token_head - 4000 * cm.head_flops_per_seq / cm.linear_rate

@@ -120,8 +120,12 @@ def test_scenario_level_checks(scenario_dict):
     dup = scenario_dict(systems=[{"name": "a"}, {"name": "a"}])
     with pytest.raises(ConfigError, match="unique"):
         resolve_scenario(dup)
-    with pytest.raises(ConfigError, match="tensor_parallel"):
-        resolve_scenario(scenario_dict(), ["cluster.tensor_parallel=2"])
+    with pytest.raises(ConfigError, match="tensor_parallel=3 must divide gpus_per_server=2"):
+        resolve_scenario(scenario_dict(), ["cluster.tensor_parallel=3"])
+    with pytest.raises(ConfigError, match="pipeline parallelism is not simulated"):
+        resolve_scenario(scenario_dict(), ["cluster.pipeline_parallel=2"])
+    with pytest.raises(ConfigError, match="tensor_parallel=5 must divide the model.s 64 attention heads"):
+        resolve_scenario(scenario_dict(cluster={"gpus_per_server": 10}), ["cluster.tensor_parallel=5"])
     with pytest.raises(ConfigError, match="systems"):
         resolve_scenario(scenario_dict(systems=[]))
 

@@ -83,9 +83,29 @@ class LLMCard(Card):
     def kv_bytes_per_token(self) -> float:
         return 2 * self.layers * self.kv_heads * self.head_dim * self.kv_dtype_bytes
 
-    def fragment_bytes(self, block_size: int) -> float:
-        """One layer's K (or V) for one block: the unit the GPU keeps contiguous."""
-        return block_size * self.kv_heads * self.head_dim * self.kv_dtype_bytes
+    # -- tensor parallelism (vLLM's column/row-parallel layers: QKVParallelLinear splits the
+    # KV heads over the ranks, or replicates each head over tp / kv_heads ranks when there are
+    # fewer heads than ranks; vllm/model_executor/layers/linear.py) --------------------------
+    def check_tensor_parallel(self, tp: int) -> None:
+        if self.q_heads % tp:
+            raise ValueError(f"tensor_parallel={tp} must divide the model's {self.q_heads} attention heads")
+        if self.kv_heads % tp and tp % self.kv_heads:
+            raise ValueError(f"tensor_parallel={tp} and the model's {self.kv_heads} KV heads must divide one another")
+
+    def kv_heads_per_rank(self, tp: int = 1) -> int:
+        return max(1, self.kv_heads // tp)
+
+    def kv_bytes_per_token_per_rank(self, tp: int = 1) -> float:
+        return 2 * self.layers * self.kv_heads_per_rank(tp) * self.head_dim * self.kv_dtype_bytes
+
+    def weight_bytes_per_rank(self, tp: int = 1) -> float:
+        # every matrix is split, the embedding and LM head over the vocabulary; the norms
+        # (under 0.01% of the weights) are counted split too, so the ranks sum to the model
+        return self.weight_bytes / tp
+
+    def fragment_bytes(self, block_size: int, tp: int = 1) -> float:
+        """One layer's K (or V) for one block on one rank: the unit the GPU keeps contiguous."""
+        return block_size * self.kv_heads_per_rank(tp) * self.head_dim * self.kv_dtype_bytes
 
     @property
     def fragments_per_block(self) -> int:
@@ -275,7 +295,8 @@ CARD_FIELDS: dict[str, str] = {
 class ClusterConfig(_Strict):
     servers: int = Field(1, gt=0)
     gpus_per_server: int = Field(8, gt=0)
-    tensor_parallel: int = Field(1, gt=0, description="GPUs per instance (only 1 is simulated now)")
+    tensor_parallel: int = Field(1, gt=0, description="GPUs per instance: weights and KV heads split over them")
+    pipeline_parallel: int = Field(1, gt=0, description="not simulated: only 1 is accepted")
     gpus_per_pcie_switch: int = Field(2, gt=0)
     cxl_adapters_per_server: int = Field(2, ge=0, description="one per socket in the paper's testbed")
     cxl_devices: int = Field(32, ge=0, description="memory devices behind the CXL switch (whole pool)")
@@ -288,9 +309,14 @@ class ClusterConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ClusterConfig:
-        if self.tensor_parallel != 1:
-            raise ValueError("tensor_parallel > 1 is not simulated yet; use 1")
-        if self.prefill_instances_per_server is not None and self.prefill_instances_per_server >= self.gpus_per_server:
+        if self.pipeline_parallel != 1:
+            raise ValueError("pipeline parallelism is not simulated: pipeline_parallel must be 1 "
+                             "(use tensor_parallel to spread an instance over GPUs)")
+        if self.gpus_per_server % self.tensor_parallel:
+            raise ValueError(f"tensor_parallel={self.tensor_parallel} must divide gpus_per_server={self.gpus_per_server} "
+                             "(an instance's ranks sit in one server)")
+        per_server = self.gpus_per_server // self.tensor_parallel
+        if self.prefill_instances_per_server is not None and self.prefill_instances_per_server >= per_server:
             raise ValueError("prefill_instances_per_server must leave at least one decode instance per server")
         return self
 
@@ -412,6 +438,11 @@ class Scenario(_Strict):
     @property
     def base_dir(self) -> Path:
         return self._base_dir
+
+    @model_validator(mode="after")
+    def _tensor_parallel_fits_model(self) -> Scenario:
+        self.model.check_tensor_parallel(self.cluster.tensor_parallel)
+        return self
 
     @model_validator(mode="after")
     def _unique_systems(self) -> Scenario:

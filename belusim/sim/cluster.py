@@ -33,17 +33,22 @@ class SimulationError(RuntimeError):
 
 
 def hbm_kv_blocks(scenario: Scenario) -> int:
-    """KV blocks per instance: what gpu_memory_utilization leaves after the weights."""
+    """KV blocks per instance: what gpu_memory_utilization leaves after the weights, per GPU.
+
+    With tensor parallelism every rank holds 1/TP of the weights and its share of each
+    block's KV heads, so the block count is what one rank's HBM holds."""
     eng, model, gpu = scenario.engine, scenario.model, scenario.gpu
     if eng.kv_blocks is not None:
         return eng.kv_blocks
-    budget = gpu.hbm_gb * GB * eng.gpu_memory_utilization - model.weight_bytes - eng.activation_reserve_gb * GB
-    block_bytes = model.kv_bytes_per_token * eng.block_size
+    tp = scenario.cluster.tensor_parallel
+    weights = model.weight_bytes_per_rank(tp)
+    budget = gpu.hbm_gb * GB * eng.gpu_memory_utilization - weights - eng.activation_reserve_gb * GB
+    block_bytes = model.kv_bytes_per_token_per_rank(tp) * eng.block_size
     blocks = int(budget // block_bytes)
     if blocks <= 0:
         raise SimulationError(
-            f"{model.id} ({model.weight_bytes / GB:.1f} GB of weights) leaves no KV cache on {gpu.id} "
-            f"at gpu_memory_utilization={eng.gpu_memory_utilization}"
+            f"{model.id} ({weights / GB:.1f} GB of weights per GPU at tensor_parallel={tp}) leaves no KV cache "
+            f"on {gpu.id} at gpu_memory_utilization={eng.gpu_memory_utilization}"
         )
     return blocks
 
@@ -87,7 +92,8 @@ class Cluster:
                 shared = TierIndex(f"{system.name}.pool", cap, chunk_blocks)
                 self.tiers = [shared]
                 tier_for_server = {s: shared for s in range(scenario.cluster.servers)}
-        compute = ComputeModel.build(scenario.model, scenario.gpu)
+        compute = ComputeModel.build(scenario.model, scenario.gpu, scenario.cluster.tensor_parallel,
+                                     scenario.interconnect)
         n_prefill = scenario.cluster.prefill_instances_per_server
         self.disaggregated = n_prefill is not None
         if self.disaggregated and kv.kind == "hbm-only":
@@ -98,10 +104,11 @@ class Cluster:
         connector = ConnectorSemantics(kv.load_mode, kv.save_mode, kv.hold_blocks_until_saved,
                                        kv.layer_sync_us * 1e-6, scenario.model.layers)
         self.instances: list[Instance] = []
-        for i, place in enumerate(self.paths.places):
+        tp = scenario.cluster.tensor_parallel
+        for i, place in enumerate(self.paths.instance_places):
             role = "mixed"
             if self.disaggregated:
-                role = "prefill" if place.gpu < n_prefill else "decode"
+                role = "prefill" if place.gpu // tp < n_prefill else "decode"
             sched = Scheduler(
                 BlockPool(self.kv_blocks, eng.enable_prefix_caching),
                 eng.block_size,

@@ -66,7 +66,7 @@ class Instance:
         if not self.kernel_slowdown or self.paths.kv.copy_method != "gather-kernel":
             return
         gpu = self.paths.sc.gpu
-        dur = gpu.copy_kernel_launch_us * 1e-6 + nblocks * self.paths.block_bytes / (gpu.copy_kernel_gbps * 1e9)
+        dur = gpu.copy_kernel_launch_us * 1e-6 + nblocks * self.paths.rank_block_bytes / (gpu.copy_kernel_gbps * 1e9)
         self._copy_busy_until = max(self._copy_busy_until, self.env.now) + dur
 
     def _with_interference(self, t: float) -> float:
@@ -123,7 +123,7 @@ class Instance:
         env = self.env
         rpc = self.paths.lookup_time(plan.lookups, plan.lookup_keys, env.now) if plan.lookups else 0.0
         compute = self._with_interference(
-            self.compute.step_time(plan.tokens, plan.prefill_units, plan.decode_context))
+            self.compute.step_time(plan.tokens, plan.prefill_units, plan.decode_context, len(plan.scheduled)))
         if rpc:
             yield env.timeout(rpc)
         if plan.in_step_loads and plan.loads:

@@ -12,6 +12,11 @@ Paths, per kind of tier (beluga.md §1, §4):
               DRAM <-> NICs <-> network <-> NICs <-> the home server's DRAM, driven by one
               CPU thread per instance that posts work requests and polls completions
 
+Tensor parallelism: each rank holds kv_heads / TP of every block, so a load or save of an
+instance runs as TP concurrent transfers of 1/TP of the bytes, each on its own GPU's links and
+path (as each vLLM worker moves its own shard through its connector); they share whatever the
+paths have in common (a PCIe switch uplink, the Root Complex, the pool).
+
 Interleaved pool data spreads evenly over all devices and both adapters, so the devices are
 modelled as one link of their summed bandwidth and a transfer splits evenly over the
 adapters; without interleaving, chunks fill the devices one after another and each device is
@@ -44,6 +49,8 @@ class GPUPlace:
     poller: simpy.Resource | None = None  # the RDMA connector's CPU thread
     kernel_link_store: Link | None = None
     kernel_link_load: Link | None = None
+    # An instance's place is its first GPU's; ranks lists all its GPUs (tensor parallelism).
+    ranks: list[GPUPlace] = field(default_factory=list)
 
 
 @dataclass
@@ -88,10 +95,15 @@ class KVPaths:
         self.fabric = Fabric(env)
         self.stats = TransferStats()
         hw, cl, gpu = scenario.hardware, scenario.cluster, scenario.gpu
-        self.block_bytes = scenario.model.kv_bytes_per_token * scenario.engine.block_size
-        self.fragment_bytes = scenario.model.fragment_bytes(scenario.engine.block_size)
+        tp = self.tp = cl.tensor_parallel
+        # one rank's share of a block, and the instance's (TP shares; more than the model's
+        # KV when heads are replicated over ranks)
+        self.rank_block_bytes = scenario.model.kv_bytes_per_token_per_rank(tp) * scenario.engine.block_size
+        self.block_bytes = self.rank_block_bytes * tp
+        self.fragment_bytes = scenario.model.fragment_bytes(scenario.engine.block_size, tp)
         self.fragments_per_block = scenario.model.fragments_per_block
-        self.places: list[GPUPlace] = []
+        self.places: list[GPUPlace] = []  # every GPU
+        self.instance_places: list[GPUPlace] = []  # every instance's first GPU, with its ranks
         n_psw = max(1, math.ceil(cl.gpus_per_server / cl.gpus_per_pcie_switch))
         sockets = hw.host.sockets
         f = self.fabric
@@ -124,6 +136,9 @@ class KVPaths:
                 place.kernel_link_load = f.add_link(f"s{s}.gpu{g}.kernel.load", gpu.copy_kernel_gbps)
                 place.poller = simpy.Resource(env, capacity=1)
                 self.places.append(place)
+                if g % tp == 0:
+                    self.instance_places.append(place)
+                self.instance_places[-1].ranks.append(place)
         if cl.cxl_devices:
             f.add_link("cxlsw.store", hw.cxl_switch.forwarding_gbps * cl.cxl_switches)
             f.add_link("cxlsw.load", hw.cxl_switch.forwarding_gbps * cl.cxl_switches)
@@ -172,7 +187,7 @@ class KVPaths:
     def _gpu_copy_fixed(self, nblocks: int, direction: str, pool_is_cxl: bool) -> tuple[float, float]:
         """(launch seconds, coherence seconds) for moving nblocks of fragmented KV."""
         gpu, host = self.sc.gpu, self.sc.hardware.host
-        nbytes = nblocks * self.block_bytes
+        nbytes = nblocks * self.rank_block_bytes
         if self.kv.copy_method == "gather-kernel":
             launch = gpu.copy_kernel_launch_us * 1e-6
         else:
@@ -203,7 +218,7 @@ class KVPaths:
         keys = load.request.keys
         names = [keys[min(len(keys), (i + 1) * c) - 1]
                  for i in range(first // c, (first + load.num_blocks - 1) // c + 1)]
-        yield from self._move(place, nbytes, load.num_blocks, "load", names)
+        yield from self._move_ranks(place, nbytes, load.num_blocks, "load", names)
         self.stats.loads += 1
         self.stats.load_bytes += nbytes
         self.stats.load_time_s += self.env.now - t0
@@ -212,7 +227,7 @@ class KVPaths:
         nblocks = len(save.chunk_indexes) * self._chunk_blocks
         nbytes = nblocks * self.block_bytes
         t0 = self.env.now
-        yield from self._move(place, nbytes, nblocks, "store", save.keys)
+        yield from self._move_ranks(place, nbytes, nblocks, "store", save.keys)
         if self._rpc_kind() != "none":
             calls = max(1, math.ceil(len(save.keys) / self.kv.rpc_keys_per_call))
             self.stats.rpc_calls += calls
@@ -222,6 +237,15 @@ class KVPaths:
         self.stats.saves += 1
         self.stats.save_bytes += nbytes
         self.stats.save_time_s += self.env.now - t0
+
+    def _move_ranks(self, place: GPUPlace, nbytes: float, nblocks: int, direction: str, keys: list[int]):
+        """An instance's transfer: each rank moves its share of every block at the same time."""
+        ranks = place.ranks or [place]
+        if len(ranks) == 1:
+            yield from self._move(place, nbytes, nblocks, direction, keys)
+            return
+        share = nbytes / len(ranks)
+        yield self.env.all_of([self.env.process(self._move(r, share, nblocks, direction, keys)) for r in ranks])
 
     def _move(self, place: GPUPlace, nbytes: float, nblocks: int, direction: str, keys: list[int]):
         kind = self.kv.kind
