@@ -135,12 +135,13 @@ def load_model_shape(name: str) -> tuple[ModelShape, str]:
 
     path = models_dir() / "llms" / f"{name}.yaml"
     if path.is_file():
-        import yaml
+        from belusim.errors import InputError
+        from belusim.inputs import read_yaml
 
         try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise CalibrationError(f"{path}: invalid YAML: {e}") from None
+            data = read_yaml(path) or {}
+        except InputError as e:
+            raise CalibrationError(str(e)) from None
         data.setdefault("id", name)
         return shape_from_dict(data, str(path)), f"models/llms/{name}.yaml"
     if name in BUILTIN_LLMS:

@@ -22,6 +22,8 @@ from typing import Any
 
 from belusim.calibration.errors import CalibrationError
 from belusim.calibration.fit import FITTED_KEYS
+from belusim.errors import InputError
+from belusim.inputs import read_json
 from belusim.outputs import atomic_write
 
 FORMAT = "belusim-calibration"
@@ -122,11 +124,9 @@ def save(prof: dict, path: Path) -> None:
 
 def load(path: Path) -> dict:
     try:
-        prof = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise CalibrationError(f"{path}: file not found") from None
-    except json.JSONDecodeError as e:
-        raise CalibrationError(f"{path}: invalid JSON: {e}") from None
+        prof = read_json(path)
+    except InputError as e:
+        raise CalibrationError(str(e)) from None
     return validate(prof, str(path))
 
 

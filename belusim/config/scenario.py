@@ -9,15 +9,14 @@ pydantic so that an unknown key or a bad value fails with the file and the field
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from belusim.config.vllm import apply_vllm_profile
 from belusim.errors import InputError
+from belusim.inputs import parse_yaml, read_json, read_yaml
 from belusim.paths import calibration_dir, models_dir
 from belusim.workloads.config import WorkloadConfig
 
@@ -463,12 +462,7 @@ class Scenario(_Strict):
 
 
 def _read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    data = read_yaml(path, error=ConfigError)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
@@ -601,11 +595,12 @@ def parse_set(items: list[str]) -> list[tuple[str, Any]]:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected path.to.field=value")
         key, _, text = item.partition("=")
-        try:
-            value = yaml.safe_load(text) if text != "" else ""
-        except yaml.YAMLError:
-            value = text
-        out.append((key.strip(), value))
+        key = key.strip()
+        if not key or any(not p.strip() for p in key.split(".")):
+            raise ConfigError(f"--set {item!r}: the field path {key!r} has an empty part")
+        # a value that is not valid YAML is an error, not silently a string: quote strings
+        value = parse_yaml(text, f"--set {item!r}", error=ConfigError, lines=False) if text != "" else ""
+        out.append((key, value))
     return out
 
 
@@ -624,11 +619,8 @@ def find_profile(name_or_path: str, base_dir: Path | None = None) -> Path:
 
 def load_profile_overrides(path: Path) -> dict[str, Any]:
     """The fitted parameters of a calibration profile as {dotted.path: value}."""
-    try:
-        prof = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: invalid JSON: {e}") from None
-    fitted = prof.get("fitted")
+    prof = read_json(path, error=ConfigError)
+    fitted = prof.get("fitted") if isinstance(prof, dict) else None
     if not isinstance(fitted, dict):
         raise ConfigError(f"{path}: a calibration profile needs a 'fitted' mapping of dotted.path -> value")
     out = {}

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from belusim.inputs import read_yaml
 from belusim.paths import models_dir
 
 EntryPoint = Literal["openai-api-server", "llm-class"]
@@ -82,10 +82,7 @@ def load_profile(version: str) -> VllmProfile:
     if not path.is_file():
         raise ValueError(f"no vLLM profile {version!r} (looked in {path.parent}); available: {list_profiles()}")
     try:
-        data = yaml.safe_load(path.read_text())
-        return VllmProfile.model_validate(data)
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: invalid YAML: {e}") from None
+        return VllmProfile.model_validate(read_yaml(path))
     except ValidationError as e:
         msgs = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
         raise ValueError(f"{path}: invalid vLLM profile: {msgs}") from None

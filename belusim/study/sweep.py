@@ -10,11 +10,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from belusim.config.lookup import find_scenario
 from belusim.config.scenario import ConfigError, resolve_scenario
+from belusim.inputs import parse_yaml, read_yaml
 from belusim.outputs import atomic_open, atomic_write, check_output_file
 from belusim.report.metrics import json_safe
 from belusim.sim.runner import RESULT_KEYS
@@ -90,12 +90,7 @@ def find_sweep(name: str | Path) -> Path:
 
 
 def load_sweep(path: Path) -> Sweep:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    data = read_yaml(path, error=ConfigError)
     try:
         return Sweep.model_validate(data)
     except ValidationError as e:
@@ -128,10 +123,7 @@ def parse_grid(items: list[str] | None) -> dict[str, list[Any]]:
         key, sep, vals = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--grid {item!r}: expected path=v1,v2,...")
-        try:
-            values = [yaml.safe_load(v) for v in split_values(vals)]
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--grid {item!r}: {e}") from None
+        values = [parse_yaml(v, f"--grid {item!r}", error=ConfigError, lines=False) for v in split_values(vals)]
         if not values:
             raise ConfigError(f"--grid {item!r}: no values")
         grid[key.strip()] = values

@@ -11,8 +11,6 @@ every figure marked "assumed" is derived by the rule written next to it.
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import re
 import zipfile
@@ -21,6 +19,8 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+
+from belusim.inputs import decode, iter_lines, parse_json
 
 from .errors import WorkloadError
 from .keys import chain_keys, combine, hash_bytes, hash_str, hash_token_blocks, row_offsets_from_lengths
@@ -450,13 +450,12 @@ def discover(path: Path, subsets: list[str] | None = None, levels: list[str] | N
 
 def _open_lines(src: LvevalSource) -> Iterator[tuple[int, str]]:
     if src.member is None:
-        with open(src.file, "r", encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                yield i, line
+        yield from iter_lines(src.file, error=WorkloadError)
     else:
+        where = f"{src.file}[{src.member}]"
         with zipfile.ZipFile(src.file) as zf, zf.open(src.member) as raw:
-            for i, line in enumerate(io.TextIOWrapper(raw, encoding="utf-8"), 1):
-                yield i, line
+            for i, line in enumerate(raw, 1):
+                yield i, decode(line, where, line=i, error=WorkloadError)
 
 
 @dataclass
@@ -483,10 +482,8 @@ def iter_records(src: LvevalSource) -> Iterator[LvevalRecord]:
         for ln, line in _open_lines(src):
             if not line.strip():
                 continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise err(ln, f"invalid JSON: {e.msg} at column {e.colno}") from None
+            d = parse_json(line, f"{src.file}[{src.member}]" if src.member else src.file, line=ln,
+                           error=WorkloadError)
             if not isinstance(d, dict):
                 raise err(ln, f"expected a JSON object, got {type(d).__name__}")
             for fld in ("input", "context", "answers"):

@@ -9,7 +9,6 @@ error, not something to re-sort silently.
 
 from __future__ import annotations
 
-import json
 import math
 from array import array
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+
+from belusim.inputs import iter_lines, parse_json
 
 from .errors import WorkloadError
 from .keys import U64, chain_keys, combine, fmix64, hash_str, row_offsets_from_lengths
@@ -46,50 +47,44 @@ def iter_mooncake(path: str | Path) -> Iterator[MooncakeRecord]:
         raise WorkloadError.at(path, "trace file not found", field="path")
     prev_ts = -math.inf
     index = 0
-    with open(path, "r", encoding="utf-8") as f:
-        for ln, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise WorkloadError.at(path, f"invalid JSON: {e.msg} at column {e.colno}", line=ln) from None
-            if not isinstance(d, dict):
-                raise WorkloadError.at(path, f"expected a JSON object, got {type(d).__name__}", line=ln)
-            for fld in _FIELDS:
-                if fld not in d:
-                    raise WorkloadError.at(path, "missing", line=ln, field=fld)
-            ts = d["timestamp"]
-            if type(ts) not in (int, float) or not math.isfinite(ts):
-                raise WorkloadError.at(path, f"expected a number of milliseconds, got {ts!r}", line=ln, field="timestamp")
-            if ts < 0:
-                raise WorkloadError.at(path, f"must be >= 0, got {ts}", line=ln, field="timestamp")
-            if ts < prev_ts:
-                raise WorkloadError.at(
-                    path, f"decreases ({ts} after {prev_ts}); traces must be in arrival order",
-                    line=ln, field="timestamp",
-                )
-            prev_ts = ts
-            il, ol = d["input_length"], d["output_length"]
-            if not _is_int(il) or il < 1:
-                raise WorkloadError.at(path, f"expected an integer >= 1, got {il!r}", line=ln, field="input_length")
-            if not _is_int(ol) or ol < 1:
-                raise WorkloadError.at(path, f"expected an integer >= 1, got {ol!r}", line=ln, field="output_length")
-            ids = d["hash_ids"]
-            if not isinstance(ids, list):
-                raise WorkloadError.at(path, f"expected a list of integers, got {type(ids).__name__}", line=ln, field="hash_ids")
-            for x in ids:
-                if type(x) is not int or x < 0 or x >= 1 << 63:
-                    raise WorkloadError.at(path, f"expected non-negative 63-bit integers, got {x!r}", line=ln, field="hash_ids")
-            want = -(-il // MOONCAKE_BLOCK)
-            if len(ids) != want:
-                raise WorkloadError.at(
-                    path,
-                    f"has {len(ids)} ids but input_length {il} needs ceil({il}/{MOONCAKE_BLOCK}) = {want}",
-                    line=ln, field="hash_ids",
-                )
-            yield MooncakeRecord(ln, index, float(ts), il, ol, ids)
-            index += 1
+    for ln, line in iter_lines(path, error=WorkloadError):
+        d = parse_json(line, path, line=ln, error=WorkloadError)
+        if not isinstance(d, dict):
+            raise WorkloadError.at(path, f"expected a JSON object, got {type(d).__name__}", line=ln)
+        for fld in _FIELDS:
+            if fld not in d:
+                raise WorkloadError.at(path, "missing", line=ln, field=fld)
+        ts = d["timestamp"]
+        if type(ts) not in (int, float) or not math.isfinite(ts):
+            raise WorkloadError.at(path, f"expected a number of milliseconds, got {ts!r}", line=ln, field="timestamp")
+        if ts < 0:
+            raise WorkloadError.at(path, f"must be >= 0, got {ts}", line=ln, field="timestamp")
+        if ts < prev_ts:
+            raise WorkloadError.at(
+                path, f"decreases ({ts} after {prev_ts}); traces must be in arrival order",
+                line=ln, field="timestamp",
+            )
+        prev_ts = ts
+        il, ol = d["input_length"], d["output_length"]
+        if not _is_int(il) or il < 1:
+            raise WorkloadError.at(path, f"expected an integer >= 1, got {il!r}", line=ln, field="input_length")
+        if not _is_int(ol) or ol < 1:
+            raise WorkloadError.at(path, f"expected an integer >= 1, got {ol!r}", line=ln, field="output_length")
+        ids = d["hash_ids"]
+        if not isinstance(ids, list):
+            raise WorkloadError.at(path, f"expected a list of integers, got {type(ids).__name__}", line=ln, field="hash_ids")
+        for x in ids:
+            if type(x) is not int or x < 0 or x >= 1 << 63:
+                raise WorkloadError.at(path, f"expected non-negative 63-bit integers, got {x!r}", line=ln, field="hash_ids")
+        want = -(-il // MOONCAKE_BLOCK)
+        if len(ids) != want:
+            raise WorkloadError.at(
+                path,
+                f"has {len(ids)} ids but input_length {il} needs ceil({il}/{MOONCAKE_BLOCK}) = {want}",
+                line=ln, field="hash_ids",
+            )
+        yield MooncakeRecord(ln, index, float(ts), il, ol, ids)
+        index += 1
 
 
 @dataclass

@@ -13,10 +13,11 @@ of a partial last block are unique). Other formats go through the block keys.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
+
+from belusim.inputs import iter_lines, parse_json
 
 from .errors import WorkloadError
 from .mooncake import MOONCAKE_BLOCK, engine_block_keys, iter_mooncake, read_mooncake
@@ -225,24 +226,21 @@ def detect_format(path: str | Path) -> str:
         return "lveval"
     if path.suffix.lower() in (".parquet", ".pq"):
         return "belusim"
-    with open(path, "r", encoding="utf-8", errors="replace") as f:
-        for ln, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError:
-                raise WorkloadError.at(path, "cannot detect the format: first line is not JSON", line=ln) from None
-            if isinstance(d, dict):
-                if d.get("format") == "belusim-trace":
-                    return "belusim"
-                if "hash_ids" in d:
-                    return "mooncake"
-                if "context" in d and "input" in d:
-                    return "lveval"
-            raise WorkloadError.at(
-                path, "cannot detect the format (expected mooncake, LV-Eval or belusim-trace); pass --format", line=ln
-            )
+    for ln, line in iter_lines(path, error=WorkloadError):
+        try:
+            d = parse_json(line, path, line=ln, error=WorkloadError)
+        except WorkloadError as e:
+            raise WorkloadError(f"cannot detect the format: {e}") from None
+        if isinstance(d, dict):
+            if d.get("format") == "belusim-trace":
+                return "belusim"
+            if "hash_ids" in d:
+                return "mooncake"
+            if "context" in d and "input" in d:
+                return "lveval"
+        raise WorkloadError.at(
+            path, "cannot detect the format (expected mooncake, LV-Eval or belusim-trace); pass --format", line=ln
+        )
     raise WorkloadError.at(path, "empty trace: no requests")
 
 

@@ -15,6 +15,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from belusim.inputs import decode, iter_lines, parse_json
 from belusim.outputs import atomic_open
 
 from .errors import WorkloadError
@@ -165,14 +166,10 @@ def read_header(path: str | Path, fmt: str | None = None) -> dict:
             raise WorkloadError.at(path, f"cannot read parquet: {e}") from None
         if _META_KEY not in meta:
             raise WorkloadError.at(path, "not a belusim trace: no 'belusim' schema metadata", field="format")
-        return _check_header(json.loads(meta[_META_KEY]), path)
-    with open(path, "r", encoding="utf-8") as f:
-        for ln, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    return _check_header(json.loads(line), path)
-                except json.JSONDecodeError as e:
-                    raise WorkloadError.at(path, f"invalid JSON: {e.msg}", line=ln) from None
+        text = decode(meta[_META_KEY], f"{path} (schema metadata)", error=WorkloadError)
+        return _check_header(parse_json(text, f"{path} (schema metadata)", error=WorkloadError), path)
+    for ln, line in iter_lines(path, error=WorkloadError):
+        return _check_header(parse_json(line, path, line=ln, error=WorkloadError), path)
     raise WorkloadError.at(path, "empty trace: no header line")
 
 
@@ -238,19 +235,12 @@ def iter_trace(path: str | Path, fmt: str | None = None) -> Iterator[RequestSpec
         for rg in range(pf.num_row_groups):
             yield from _rows_from_table(pf.read_row_group(rg), path, bs)
         return
-    with open(path, "r", encoding="utf-8") as f:
-        first = True
-        for ln, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            if first:
-                first = False
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise WorkloadError.at(path, f"invalid JSON: {e.msg} at column {e.colno}", line=ln) from None
-            yield _req_from_dict(d, path, ln, bs)
+    first = True
+    for ln, line in iter_lines(path, error=WorkloadError):
+        if first:
+            first = False
+            continue
+        yield _req_from_dict(parse_json(line, path, line=ln, error=WorkloadError), path, ln, bs)
 
 
 def _rows_from_table(t, path: Path, bs: int) -> Iterator[RequestSpec]:
