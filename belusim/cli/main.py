@@ -37,6 +37,12 @@ try:
 except ImportError:  # pragma: no cover
     pass
 try:
+    from belusim.cli.validate import validate_cmd
+
+    app.command("validate")(validate_cmd)
+except ImportError:  # pragma: no cover
+    pass
+try:
     from belusim.calibration.cli import calibrate_app
 
     app.add_typer(calibrate_app, name="calibrate", help="Measure this machine and fit a calibration profile.")
