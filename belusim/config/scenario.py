@@ -187,6 +187,9 @@ class HostCard(Card):
     gpu_flush_write_16k_us: float = Field(gt=0, description="cached write + CLFLUSH")
     gpu_uncacheable_read_16k_us: float = Field(gt=0)
     gpu_flush_read_16k_us: float = Field(gt=0, description="CLFLUSH then read")
+    # Software stages of a serving stack run on one CPU thread at these rates.
+    memcpy_gbps: float = Field(6.5, gt=0, description="one thread's large memcpy, GB/s")
+    sha256_gbps: float = Field(0.35, gt=0, description="one thread's hashlib.sha256 over token ids, GB/s")
 
 
 class PCIeSwitchCard(Card):
@@ -236,6 +239,44 @@ class NetworkSwitchCard(Card):
     price_usd: float | None = None
 
 
+class StageConfig(_Strict):
+    """One software stage of a serving stack: fixed per call or per object, plus per byte.
+
+    Runs on the instance's connector thread (a load or save) or in the scheduler (a lookup,
+    which blocks the step like the metadata RPC)."""
+
+    name: str
+    ops: list[Literal["lookup", "load", "save"]] = Field(min_length=1)
+    per: Literal["call", "chunk"] = Field("chunk", description="call: once per request's lookup/load/save; chunk: per object")
+    fixed_us: float = Field(0.0, ge=0)
+    gbps: float | Literal["host-memcpy", "host-sha256"] | None = Field(
+        None, description="per-byte rate (a number in GB/s, or the host card's memcpy / sha256 rate)")
+    bytes_of: Literal["kv", "token-ids", "token-id-prefixes"] = Field(
+        "kv", description="what the per-byte part runs over: the KV moved, the token ids (4 B each), or every "
+        "chunk's whole prefix of token ids (a hash that re-reads the prefix per chunk: quadratic)")
+    min_object_kb: float = Field(0.0, ge=0, description="only objects larger than this pay the per-byte part")
+    source: str = Field(min_length=1, description="the measurement or assumption behind the figures")
+
+
+class StackCard(Card):
+    """A serving software stack: connector semantics and granularity (defaults for the system's
+    `kv`, which overrides them) and the software stages around each tier operation."""
+
+    kv: dict[str, Any] = Field(default_factory=dict, description="defaults for the system's kv fields")
+    stages: list[StageConfig] = Field(default_factory=list)
+    threads: int = Field(1, gt=0, description="connector threads per instance that run load/save stages")
+
+    @model_validator(mode="after")
+    def _check_kv(self) -> StackCard:
+        bad = set(self.kv) & {"kind", "capacity_gb"}
+        if bad:
+            raise ValueError(f"a stack sets software, not the tier: remove {sorted(bad)} from its kv")
+        names = [st.name for st in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique: {names}")
+        return self
+
+
 class RPCCard(Card):
     rtt_us: float = Field(gt=0, description="64 B request/reply round trip at queue depth 1")
     server_mops: float = Field(gt=0, description="server throughput, million ops/s")
@@ -254,6 +295,7 @@ CARD_KINDS: dict[str, type[Card]] = {
     "nics": NICCard,
     "network_switches": NetworkSwitchCard,
     "rpcs": RPCCard,
+    "stacks": StackCard,
 }
 
 
@@ -399,6 +441,7 @@ class RouterConfig(_Strict):
 
 class SystemConfig(_Strict):
     name: str
+    stack: StackCard | None = Field(None, description="software stack card (models/stacks/); sets kv defaults")
     kv: KVSystemConfig = Field(default_factory=KVSystemConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     description: str = ""
@@ -554,7 +597,36 @@ def _expand_cards(raw: dict, where: str) -> dict:
         if not isinstance(ic, str):
             raise ConfigError(f"{where}: field 'gpu.interconnect' must be an interconnect card id, got {ic!r}")
         data["interconnect"] = load_card_dict("interconnects", ic)
+    systems = data.get("systems")
+    if isinstance(systems, list):
+        for i, system in enumerate(systems):
+            if isinstance(system, dict) and "stack" in system:
+                _expand_stack(system, f"{where}: systems.{i}")
     return data
+
+
+def _expand_stack(system: dict, where: str) -> None:
+    """Expand a system's stack card and put its kv defaults under the system's own kv."""
+    ref = system["stack"]
+    if isinstance(ref, str):
+        card = load_card_dict("stacks", ref)
+    elif isinstance(ref, dict) and "card" in ref:
+        over = {k: v for k, v in ref.items() if k != "card"}
+        card = deep_merge(load_card_dict("stacks", ref["card"]), over)
+        if over:
+            card["id"] = over.get("id", f"{ref['card']}+overrides")
+    elif ref is None or isinstance(ref, dict):
+        return
+    else:
+        raise ConfigError(f"{where}.stack must be a stack card id or a mapping, got {ref!r}")
+    system["stack"] = card
+    kv = system.get("kv", {})
+    if not isinstance(kv, dict):
+        raise ConfigError(f"{where}.kv must be a mapping")
+    defaults = card.get("kv", {})
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"stack card {card.get('id')!r}: kv must be a mapping")
+    system["kv"] = deep_merge({k: v for k, v in defaults.items() if k not in ("kind", "capacity_gb")}, kv)
 
 
 def set_path(data: dict, dotted: str, value: Any, where: str = "--set") -> None:

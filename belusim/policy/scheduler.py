@@ -35,6 +35,8 @@ class Load:
     request: Request
     first_block: int
     num_blocks: int
+    thread_wait_s: float = 0.0  # waiting for a connector thread (set by the executor)
+    software_s: float = 0.0  # in the stack's software stages
 
 
 @dataclass(slots=True)
@@ -42,6 +44,8 @@ class Save:
     request: Request
     chunk_indexes: list[int]
     keys: list[int]
+    thread_wait_s: float = 0.0
+    software_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -56,6 +60,7 @@ class StepPlan:
     preempted: int = 0
     lookups: int = 0  # tier lookups done while scheduling (metadata RPCs)
     lookup_keys: int = 0  # chunk names those lookups asked about
+    lookup_chunks: list = field(default_factory=list)  # per lookup: the prompt's chunks it hashed
 
     @property
     def pure_decode(self) -> bool:
@@ -215,6 +220,7 @@ class Scheduler:
         if tier is not None:
             plan.lookups += 1
             plan.lookup_keys += max(1, limit // tier.chunk_blocks)
+            plan.lookup_chunks.append(limit // tier.chunk_blocks)
             tier_blocks = tier.match(req.keys, limit, min(p_tier, limit))
         req.probe = (hbm, tier_blocks, pool.evictions, tier_ev)
         ext = max(0, tier_blocks - hbm)

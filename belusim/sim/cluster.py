@@ -73,7 +73,7 @@ class Cluster:
         self.recorder = recorder
         self.env = simpy.Environment()
         kv = system.kv
-        self.paths = KVPaths(self.env, scenario, kv)
+        self.paths = KVPaths(self.env, scenario, kv, system.stack)
         eng = scenario.engine
         self.kv_blocks = hbm_kv_blocks(scenario)
         self.tiers: list[TierIndex] = []
@@ -304,6 +304,11 @@ class Cluster:
                                      "still hold blocks for saves that never landed")
         for tier in self.tiers:
             tier.check()
+        self.paths.stages.check()
+        for place in self.paths.places:
+            t = place.connector_thread
+            if t.count or t.queue:
+                raise AssertionError(f"{place.name}: a connector thread is still busy or queued at the end")
         f = self.paths.fabric
         if f.active_flows or f.flows_started != f.flows_finished:
             raise AssertionError("flows still active at the end")

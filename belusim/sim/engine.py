@@ -121,7 +121,8 @@ class Instance:
 
     def _step(self, plan):
         env = self.env
-        rpc = self.paths.lookup_time(plan.lookups, plan.lookup_keys, env.now) if plan.lookups else 0.0
+        rpc = (self.paths.lookup_time(plan.lookups, plan.lookup_keys, env.now, plan.lookup_chunks)
+               if plan.lookups else 0.0)
         compute = self._with_interference(
             self.compute.step_time(plan.tokens, plan.prefill_units, plan.decode_context, len(plan.scheduled)))
         if rpc:

@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 
 import simpy
 
-from belusim.config.scenario import GB, KVSystemConfig, Scenario
+from belusim.config.scenario import GB, KVSystemConfig, Scenario, StackCard
 from belusim.transport.fabric import Fabric, Link
+from belusim.transport.stages import SoftwareStages
 from belusim.policy.scheduler import Load, Save
 
 KB16 = 16 * 1024
@@ -47,6 +48,7 @@ class GPUPlace:
     socket: int
     name: str = ""
     poller: simpy.Resource | None = None  # the RDMA connector's CPU thread
+    connector_thread: simpy.Resource | None = None  # runs the stack's load/save stages
     kernel_link_store: Link | None = None
     kernel_link_load: Link | None = None
     # An instance's place is its first GPU's; ranks lists all its GPUs (tensor parallelism).
@@ -88,7 +90,8 @@ class TransferStats:
 class KVPaths:
     """The cluster's links and the load/save procedures of one KV system."""
 
-    def __init__(self, env: simpy.Environment, scenario: Scenario, kv: KVSystemConfig):
+    def __init__(self, env: simpy.Environment, scenario: Scenario, kv: KVSystemConfig,
+                 stack: StackCard | None = None):
         self.env = env
         self.sc = scenario
         self.kv = kv
@@ -102,6 +105,9 @@ class KVPaths:
         self.block_bytes = self.rank_block_bytes * tp
         self.fragment_bytes = scenario.model.fragment_bytes(scenario.engine.block_size, tp)
         self.fragments_per_block = scenario.model.fragments_per_block
+        # software stages run once per TP rank, in parallel: one rank's share of an object
+        self.stages = SoftwareStages(env, stack, scenario.hardware.host, kv.chunk_tokens,
+                                     self.rank_block_bytes * kv.chunk_tokens / scenario.engine.block_size)
         self.places: list[GPUPlace] = []  # every GPU
         self.instance_places: list[GPUPlace] = []  # every instance's first GPU, with its ranks
         n_psw = max(1, math.ceil(cl.gpus_per_server / cl.gpus_per_pcie_switch))
@@ -135,6 +141,7 @@ class KVPaths:
                 place.kernel_link_store = f.add_link(f"s{s}.gpu{g}.kernel.store", gpu.copy_kernel_gbps)
                 place.kernel_link_load = f.add_link(f"s{s}.gpu{g}.kernel.load", gpu.copy_kernel_gbps)
                 place.poller = simpy.Resource(env, capacity=1)
+                place.connector_thread = self.stages.new_thread()
                 self.places.append(place)
                 if g % tp == 0:
                     self.instance_places.append(place)
@@ -156,15 +163,18 @@ class KVPaths:
             return self.kv.metadata_rpc
         return {"cxl-pool": "cxl-slots", "rdma-pool": "rdma"}.get(self.kv.kind, "none")
 
-    def lookup_time(self, lookups: int, keys: int, now: float) -> float:
-        """Metadata RPCs of the tier lookups done while scheduling one step (blocking)."""
+    def lookup_time(self, lookups: int, keys: int, now: float, chunks: list[int] | None = None) -> float:
+        """The tier lookups done while scheduling one step (blocking): the stack's lookup
+        stages (hashing, the connector's call) for each, then the metadata RPCs."""
+        sw = self.stages.lookup_time(chunks) if chunks else 0.0
+        self.stats.breakdown["lookup"] = self.stats.breakdown.get("lookup", 0.0) + sw
         if lookups == 0 or self._rpc_kind() == "none":
-            return 0.0
+            return sw
         calls = max(lookups, math.ceil(keys / self.kv.rpc_keys_per_call))
         self.stats.rpc_calls += calls
-        t = self.rpc.call(now, calls)
+        t = self.rpc.call(now + sw, calls)
         self.stats.breakdown["rpc"] += t
-        return t
+        return sw + t
 
     def _links(self, *names: str) -> list[Link]:
         return [self.fabric.links[n] for n in names]
@@ -218,6 +228,8 @@ class KVPaths:
         keys = load.request.keys
         names = [keys[min(len(keys), (i + 1) * c) - 1]
                  for i in range(first // c, (first + load.num_blocks - 1) // c + 1)]
+        load.thread_wait_s, load.software_s = yield from self.stages.run(
+            place.connector_thread, "load", len(names), nbytes / self.tp)
         yield from self._move_ranks(place, nbytes, load.num_blocks, "load", names)
         self.stats.loads += 1
         self.stats.load_bytes += nbytes
@@ -227,6 +239,8 @@ class KVPaths:
         nblocks = len(save.chunk_indexes) * self._chunk_blocks
         nbytes = nblocks * self.block_bytes
         t0 = self.env.now
+        save.thread_wait_s, save.software_s = yield from self.stages.run(
+            place.connector_thread, "save", len(save.keys), nbytes / self.tp)
         yield from self._move_ranks(place, nbytes, nblocks, "store", save.keys)
         if self._rpc_kind() != "none":
             calls = max(1, math.ceil(len(save.keys) / self.kv.rpc_keys_per_call))
