@@ -61,11 +61,11 @@ class TransferTimes:
             bs = self.sc.engine.block_size
             req = Request(0, nblocks * bs + 1, 1, list(range(1, nblocks + 1)), 0.0)
             if direction == "load":
-                proc = paths.load(paths.places[0], Load(req, 0, nblocks))
+                proc = paths.load(paths.instance_places[0], Load(req, 0, nblocks))
             else:
                 n = max(1, nblocks // chunk_blocks)
                 keys = [req.keys[(i + 1) * chunk_blocks - 1] for i in range(n)]
-                proc = paths.save(paths.places[0], Save(req, list(range(n)), keys))
+                proc = paths.save(paths.instance_places[0], Save(req, list(range(n)), keys))
             env.process(proc)
             env.run()  # the fabric is idle again afterwards
             t = self._cache[key] = env.now - t0
@@ -77,7 +77,8 @@ class EmulatedBackend:
 
     def __init__(self, scenario: Scenario, system: SystemConfig, num_gpu_blocks: int, pool_spec: PoolSpec,
                  block_repr_bytes: int = 4096):
-        self.compute_model = ComputeModel.build(scenario.model, scenario.gpu)
+        self.compute_model = ComputeModel.build(scenario.model, scenario.gpu, scenario.cluster.tensor_parallel,
+                                                scenario.interconnect)
         block_bytes = int(scenario.model.kv_bytes_per_token * scenario.engine.block_size)
         self.rb = min(block_bytes, block_repr_bytes)
         self.bs = scenario.engine.block_size
@@ -105,7 +106,8 @@ class EmulatedBackend:
     # -- compute ----------------------------------------------------------------------------
     def compute(self, seqs, plan) -> None:
         start = time.perf_counter()
-        t = self.compute_model.step_time(plan.tokens, plan.prefill_units, plan.decode_context)
+        t = self.compute_model.step_time(plan.tokens, plan.prefill_units, plan.decode_context,
+                                              len(plan.scheduled))
         for table, ctx, n in seqs:  # write this step's KV: fresh bytes into the blocks it fills
             first = ctx // self.bs
             rows = table[first:]
