@@ -9,7 +9,9 @@ Sub-probes, each recorded on its own so one failure loses nothing else:
                 fragments on the GPU: one cudaMemcpyAsync per fragment, one gather/scatter kernel
                 reading/writing mapped pinned memory, or a contiguous copy + an on-GPU scatter
   compute       one transformer layer of the model card: prefill chunks at several contexts and
-                decode steps at several batch sizes (bf16, scaled_dot_product_attention)
+                decode steps at batch sizes 1-256 (bf16, scaled_dot_product_attention), the
+                attention kernel of each alone (prefill and decode fitted apart), and the LM head
+                plus sampling at several batch sizes (the per-request work of a step)
   interference  compute time while a copy kernel (and, for comparison, DMA) runs beside it
 """
 
@@ -67,7 +69,8 @@ class GPUProbeConfig:
     kernel_ctas: tuple[int, ...] = (2, 4, 8, 16, 32, 64, 132)
     prefill_chunk: int = 2048
     prefill_contexts: tuple[int, ...] = (0, 8192, 16384)
-    decode_batches: tuple[int, ...] = (1, 16, 64)
+    decode_batches: tuple[int, ...] = (1, 4, 16, 64, 256)
+    sampler_batches: tuple[int, ...] = (1, 16, 64, 256)
     decode_context: int = 16384
     gemm_n: int = 8192
     reps: int = 10
@@ -80,7 +83,7 @@ class GPUProbeConfig:
             return cls()
         return cls(quick=True, copy_sizes=(4 * KiB, 64 * KiB, MiB, 16 * MiB, 64 * MiB), copy_buffer=64 * MiB,
                    pageable_sizes=(4 * MiB, 64 * MiB), kv_blocks=(1, 8), kernel_ctas=(8, 32),
-                   prefill_contexts=(0, 8192), decode_batches=(1, 16), gemm_n=4096, reps=5, interference=False)
+                   prefill_contexts=(0, 8192), decode_batches=(1, 16), sampler_batches=(1, 16), gemm_n=4096, reps=5, interference=False)
 
 
 @dataclass
@@ -825,6 +828,37 @@ def make_prefill(torch, m: ModelShape, w: LayerWeights, attn: Callable, n: int, 
     return run
 
 
+def make_prefill_attention(torch, m: ModelShape, attn: Callable, n: int, c: int, device, dtype):
+    """The attention kernel alone of a prefill chunk: n queries over c + n keys."""
+    g = torch.Generator(device=device).manual_seed(17)
+    q = torch.randn(1, m.q_heads, n, m.head_dim, device=device, dtype=dtype, generator=g)
+    k = torch.randn(1, m.kv_heads, c + n, m.head_dim, device=device, dtype=dtype, generator=g)
+    v = torch.randn(1, m.kv_heads, c + n, m.head_dim, device=device, dtype=dtype, generator=g)
+    return lambda: attn(q, k, v, c)
+
+
+def make_decode_attention(torch, m: ModelShape, kc, vc, batch: int, device, dtype):
+    """The attention kernel alone of a decode step, over the decode probe's own KV cache."""
+    F = torch.nn.functional
+    grp = m.q_heads // m.kv_heads
+    g = torch.Generator(device=device).manual_seed(19)
+    q4 = torch.randn(batch, m.kv_heads, grp, m.head_dim, device=device, dtype=dtype, generator=g)
+    return lambda: F.scaled_dot_product_attention(q4, kc, vc)
+
+
+def make_sampler(torch, m: ModelShape, batch: int, lm_head, device, dtype):
+    """What each scheduled request adds to a step on the GPU: its last hidden state through the
+    LM head, then a softmax and one multinomial draw (vLLM's sampler, without top-k/top-p)."""
+    g = torch.Generator(device=device).manual_seed(23)
+    x = torch.randn(batch, m.hidden, device=device, dtype=dtype, generator=g)
+
+    def run():
+        logits = (x @ lm_head).float()
+        return torch.multinomial(torch.softmax(logits, dim=-1), 1)
+
+    return run
+
+
 def make_decode(torch, m: ModelShape, w: LayerWeights, batch: int, ctx: int, device, dtype):
     """One layer's decode step for `batch` requests of `ctx` tokens each (the newest included).
     Attention reads each request's K/V once: queries grouped per KV head (GQA)."""
@@ -876,7 +910,7 @@ def probe_compute(sh: Shared) -> dict:
     device, dtype = "cuda", torch.bfloat16
     name, attn, tried = pick_attention(torch, m, device, dtype)
     w = LayerWeights(torch, m, device, dtype, cfg.seed)
-    prefill_rows, decode_rows = [], []
+    prefill_rows, decode_rows, prefill_attn_rows, decode_attn_rows, sampler_rows = [], [], [], [], []
     n = cfg.prefill_chunk
     for c in cfg.prefill_contexts:
         fn = make_prefill(torch, m, w, attn, n, c, device, dtype)
@@ -890,6 +924,12 @@ def probe_compute(sh: Shared) -> dict:
             sh.prefill_fn, sh.prefill_ms = fn, med
         else:
             del fn
+        afn = make_prefill_attention(torch, m, attn, n, c, device, dtype)
+        ams = _median(time_torch(torch, afn, reps=cfg.reps, warmup=3))
+        att = 4.0 * m.q_heads * m.head_dim * n * (c + n / 2)
+        prefill_attn_rows.append({"chunk": n, "context": c, "ms": _r(ams), "tflops": _r(att / (ams * 1e-3) / 1e12)})
+        del afn
+        torch.cuda.empty_cache()
     modes = set()
     for b in cfg.decode_batches:
         fn, bufs = make_decode(torch, m, w, b, cfg.decode_context, device, dtype)
@@ -900,6 +940,12 @@ def probe_compute(sh: Shared) -> dict:
         moved = m.params_per_layer * m.weight_bytes_per_param + b * cfg.decode_context * m.kv_bytes_per_token / m.layers
         decode_rows.append({"batch": b, "context": cfg.decode_context, "ms": _r(med), "ms_min": _r(min(ms)),
                             "effective_tbps": _r(moved / (med * 1e-3) / 1e12), "mode": mode})
+        arun, _amode = graph_or_eager(torch, make_decode_attention(torch, m, bufs[0], bufs[1], b, device, dtype))
+        ams = _median(time_torch(torch, arun, reps=max(cfg.reps, 20), warmup=3))
+        kv = b * cfg.decode_context * m.kv_bytes_per_token / m.layers
+        decode_attn_rows.append({"batch": b, "context": cfg.decode_context, "ms": _r(ams),
+                                 "kv_tbps": _r(kv / (ams * 1e-3) / 1e12)})
+        del arun
         if b == sorted(cfg.decode_batches)[len(cfg.decode_batches) // 2]:
             sh.decode_fn, sh.decode_ms, sh.decode_batch = run, med, b
             sh.keep.append(bufs)
@@ -907,6 +953,15 @@ def probe_compute(sh: Shared) -> dict:
             del fn, bufs, run
             torch.cuda.empty_cache()
     sh.keep.append(w)
+    lm_head = (torch.randn(m.hidden, m.vocab, device=device, dtype=dtype) / math.sqrt(m.hidden))
+    for b in cfg.sampler_batches:
+        srun, smode = graph_or_eager(torch, make_sampler(torch, m, b, lm_head, device, dtype))
+        sms = _median(time_torch(torch, srun, reps=max(cfg.reps, 20), warmup=3))
+        sampler_rows.append({"batch": b, "ms": _r(sms), "mode": smode,
+                             "head_tflops": _r(2.0 * b * m.hidden * m.vocab / (sms * 1e-3) / 1e12)})
+        del srun
+    del lm_head
+    torch.cuda.empty_cache()
     return {
         "model": m.id,
         "dtype": "bf16",
@@ -918,6 +973,11 @@ def probe_compute(sh: Shared) -> dict:
         "decode_mode": ", ".join(sorted(modes)),
         "prefill_rows": prefill_rows,
         "decode_rows": decode_rows,
+        "attention_backend": "flash-attention-2 (PyTorch SDPA's flash kernel for bf16 on sm80+)",
+        "prefill_attention_rows": prefill_attn_rows,
+        "decode_attention_rows": decode_attn_rows,
+        "sampler": "LM head GEMM, float softmax, one multinomial draw per request",
+        "sampler_rows": sampler_rows,
     }
 
 
