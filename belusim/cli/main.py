@@ -278,6 +278,90 @@ class _points_progress:
 
 
 @app.command()
+def plan(
+    scenario: str = typer.Argument(..., help="scenario file or packaged name"),
+    slo: str = typer.Option(..., "--slo", help="bounds, comma-separated: METRIC_STAT=VALUE with METRIC ttft, tpot, "
+                            "itl or e2el, STAT mean, median, p90 or p99, VALUE in s or ms (ttft_p99=5s,tpot_p99=200ms)"),
+    systems: Optional[str] = typer.Option(None, "--systems", help="comma-separated subset of the scenario's systems"),
+    target_qps: Optional[float] = typer.Option(None, "--target-qps", help="also find the cheapest configuration "
+                                               "meeting the SLO at this rate, over the scenario's plan.sizeable knobs"),
+    seeds: int = typer.Option(3, "--seeds", help="independent searches (seeds run.seed, +1, ...); the answer is "
+                              "their median, min and max"),
+    tolerance: float = typer.Option(0.1, "--tolerance", help="stop a search when first failing / last passing "
+                                    "rate <= 1 + this"),
+    start_qps: float = typer.Option(1.0, "--start-qps", help="first rate tried; doubled or halved until bracketed"),
+    max_qps: float = typer.Option(1000.0, "--max-qps", help="highest rate tried"),
+    keep_up: float = typer.Option(0.9, "--keep-up", help="throughput must reach this share of what a system that "
+                                  "keeps up delivers (n / (arrival span + mean e2e))"),
+    phase: Optional[str] = typer.Option(None, "--phase", help="phase the SLO applies to and the rate drives "
+                                        "(default: the last; earlier phases run as the scenario has them)"),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="system the break-even is taken against "
+                                           "(default: the first)"),
+    prices: Optional[str] = typer.Option(None, "--prices", help="price card id (models/prices/) or file"),
+    set_: list[str] = typer.Option([], "--set", help="override a field: path.to.field=value (repeatable)"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="local Dask worker processes (default: one per "
+                                          "CPU; 0: in this process)"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="address of a running Dask scheduler"),
+    out: Optional[Path] = typer.Option(None, "--out", help="directory for plan.json and plan.points.jsonl (a rerun "
+                                       "with the same --out reuses the points already run)"),
+    report: Optional[Path] = typer.Option(None, "--report", help="write a self-contained HTML report here"),
+    as_json: bool = typer.Option(False, "--json", help="print the plan as one JSON object"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Highest sustainable request rate per system under an SLO, cost per QPS and break-even.
+
+    Each system and seed is searched separately: open-loop Poisson arrivals in the SLO phase,
+    the rate doubled or halved until bracketed, then bisected until the bracket is within
+    --tolerance. The defaults (3 seeds, 10%) take about 6 rounds of systems x seeds runs; on
+    2 cores the Beluga testbed scenario (beluga/e2e) takes a few minutes. Use --seeds 1 or
+    --tolerance 0.2 for a quicker look, more seeds for a tighter spread.
+    """
+    from belusim.outputs import atomic_write
+    from belusim.report.metrics import json_safe
+    from belusim.study.plan import run_plan
+
+    try:
+        names = [s.strip() for s in systems.split(",")] if systems else None
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+        progress = None if quiet else (lambda msg: err.print(f"[dim]{msg}[/]"))
+        res = run_plan(find_scenario(scenario), set_, slo, names, target_qps, seeds, tolerance, start_qps, max_qps,
+                       keep_up, phase, baseline, prices, workers, scheduler,
+                       out / "plan.points.jsonl" if out is not None else None, on_round=progress,
+                       on_start=(lambda where: progress(f"planning {where}")) if progress else None)
+        if out is not None:
+            atomic_write(out / "plan.json", json.dumps(json_safe(res), indent=2))
+        if report is not None:
+            from belusim.report.html import plan_report
+
+            plan_report(res, report)
+    except (ConfigError, ValueError, FileNotFoundError, RuntimeError, OSError) as e:
+        _fail(str(e))
+    if as_json:
+        sys.stdout.write(json.dumps(json_safe(res)) + "\n")
+        return
+    console = Console(width=None if sys.stdout.isatty() else 150)
+    table = Table(title=f"{res['scenario']}: highest rate meeting {res['slo_text']} in phase {res['phase']} "
+                        f"({len(res['seeds'])} seeds, median \\[min-max])")
+    for c in ["system", "max QPS", "min", "max", "goodput req/s", "cost USD", "USD per QPS", "extra USD",
+              f"extra paid for (vs {res['baseline']})"]:
+        table.add_column(c, justify="left" if c == "system" else "right")
+    for r in res["systems"]:
+        be = res["break_even"][r["system"]]
+        table.add_row(r["system"], _fmt(r["max_qps"]), _fmt(r["max_qps_min"]), _fmt(r["max_qps_max"]),
+                      _fmt(r["goodput_at_max"]), f"{r['cost_usd']:,.0f}",
+                      f"{r['usd_per_qps']:,.0f}" if r["usd_per_qps"] else "-", f"{be['extra_usd']:,.0f}",
+                      f"{be['extra_paid_for_usd']:,.0f}" if be["extra_paid_for_usd"] is not None else "-")
+    console.print(table)
+    if res.get("target"):
+        for name, t in res["target"].items():
+            what = ", ".join(f"{k}={v}" for k, v in (t["config"] or {}).items()) or t.get("note", "")
+            console.print(f"{name}: at {res['target_qps']:g} QPS -> {what}"
+                          + (f" (USD {t['cost_usd']:,.0f})" if t.get("cost_usd") else ""))
+    console.print(f"[dim]{len(res['points'])} runs in {res['wall_s']:.0f} s[/]")
+
+
+@app.command()
 def schema(
     output: bool = typer.Option(False, "--output", help="the schema of the output (run --json, summary.json) instead"),
 ):

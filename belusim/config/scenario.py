@@ -461,6 +461,14 @@ class RunConfig(_Strict):
     max_sim_time_s: float = Field(7 * 24 * 3600.0, gt=0, description="stop a phase that runs longer than this")
 
 
+class PlanConfig(_Strict):
+    """What `belusim plan --target-qps` may size: dotted paths with the values to try (e.g.
+    cluster.servers: [1, 2, 4], cluster.cxl_devices: [8, 16, 32]); `systems.NAME.` paths
+    apply to that system only."""
+
+    sizeable: dict[str, list[Any]] = Field(default_factory=dict)
+
+
 class Scenario(_Strict):
     name: str
     description: str = ""
@@ -474,6 +482,7 @@ class Scenario(_Strict):
     workload: WorkloadConfig
     run: RunConfig = Field(default_factory=RunConfig)
     calibration: str | None = Field(None, description="calibration profile name or path")
+    plan: PlanConfig = Field(default_factory=PlanConfig, description="knobs `belusim plan --target-qps` sizes")
     # Where relative paths in the scenario (trace files) are resolved from.
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 

@@ -38,7 +38,7 @@ VLLM_KEYS = [
 ] + [f"{s}_{m}_ms" for m in LATENCY_METRICS for s in LATENCY_STATS]
 BELUSIM_KEYS = [
     "requests", "rejected", "unfinished", "hbm_hit_ratio", "tier_hit_ratio", "mean_kv_load_ms",
-    "mean_queue_ms", "p99_queue_ms", "preemptions",
+    "mean_queue_ms", "p99_queue_ms", "preemptions", "arrival_span_s",
 ]
 SUMMARY_KEYS = ["system", "phase"] + VLLM_KEYS + BELUSIM_KEYS
 
@@ -227,6 +227,7 @@ def summarize(rows: list[tuple], system: str, phase: str, itl: list[np.ndarray] 
         "mean_queue_ms": float(queue.mean() * 1e3) if queue.size else math.nan,
         "p99_queue_ms": float(np.percentile(queue, 99) * 1e3) if queue.size else math.nan,
         "preemptions": int(col("preemptions").sum()) if done else 0,
+        "arrival_span_s": float(arrivals.max() - arrivals.min()) if arrivals.size else math.nan,
     }
     return out
 

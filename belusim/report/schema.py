@@ -45,6 +45,7 @@ _fields.update({
     "mean_queue_ms": (float | None, Field(description="belusim: ms, mean arrival-to-admission wait")),
     "p99_queue_ms": (float | None, Field(description="belusim: ms, 99th percentile arrival-to-admission wait")),
     "preemptions": (int, Field(description="belusim: preemptions of finished requests")),
+    "arrival_span_s": (float | None, Field(description="belusim: s, first to last arrival of the phase")),
 })
 
 PhaseResult = create_model(

@@ -27,21 +27,23 @@ class Point:
     overrides: tuple[str, ...] = ()
     systems: tuple[str, ...] | None = None
     labels: dict = field(default_factory=dict, compare=False, hash=False)  # table columns
+    goodput: tuple[tuple[str, float], ...] | None = None  # vLLM goodput bounds, ms
 
     @property
     def key(self) -> str:
         """Stable identity of what the point computes (labels excluded)."""
-        text = json.dumps([self.scenario, list(self.overrides), list(self.systems or [])])
+        text = json.dumps([self.scenario, list(self.overrides), list(self.systems or [])]
+                          + ([list(map(list, self.goodput))] if self.goodput else []))
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def run_point(scenario: str, overrides: list[str], systems: list[str] | None) -> dict:
+def run_point(scenario: str, overrides: list[str], systems: list[str] | None, goodput: dict | None = None) -> dict:
     """One point, in whichever process runs it; returns plain JSON-safe data."""
     from belusim.config.scenario import resolve_scenario
     from belusim.sim.runner import run_scenario
 
     sc, resolved = resolve_scenario(Path(scenario), list(overrides))
-    report = run_scenario(sc, resolved, list(systems) if systems else None)
+    report = run_scenario(sc, resolved, list(systems) if systems else None, goodput=goodput)
     details = [{k: d[k] for k in ("system", "wall_s", "simulated_s", "engine_steps", "transfers",
                                   "link_utilisation")} for d in report["details"]]
     return json_safe({"results": report["results"], "details": details})
@@ -139,14 +141,16 @@ class Executor:
 
         if self.client is None:
             for p in todo:
-                got(p, run_point(p.scenario, list(p.overrides), list(p.systems) if p.systems else None))
+                got(p, run_point(p.scenario, list(p.overrides), list(p.systems) if p.systems else None,
+                                 dict(p.goodput) if p.goodput else None))
         elif todo:
             from distributed import as_completed
 
             futures = {}
             for p in todo:
                 fut = self.client.submit(run_point, p.scenario, list(p.overrides),
-                                         list(p.systems) if p.systems else None, key=f"belusim-point-{p.key}",
+                                         list(p.systems) if p.systems else None,
+                                         dict(p.goodput) if p.goodput else None, key=f"belusim-point-{p.key}",
                                          pure=False)
                 futures[fut] = p
             for fut in as_completed(list(futures)):
