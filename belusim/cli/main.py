@@ -51,7 +51,10 @@ except ImportError:  # pragma: no cover
 
 
 def load(name: str | None, overrides: list[str], calibration: str | None = None) -> tuple[Scenario, dict]:
-    return resolve_scenario(find_scenario(name), overrides, calibration)
+    sc, resolved = resolve_scenario(find_scenario(name), overrides, calibration)
+    for w in sc.warnings:
+        err.print(f"[yellow]warning:[/] {w}", highlight=False)
+    return sc, resolved
 
 
 def _fail(msg: str) -> None:

@@ -30,7 +30,8 @@ class ConfigError(InputError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `.inf` or `.nan` in a capacity or a rate is a mistake, not a size
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class Card(_Strict):
@@ -456,8 +457,17 @@ class PhaseConfig(_Strict):
 class RunConfig(_Strict):
     seed: int = 1
     phases: list[PhaseConfig] = Field(
-        default_factory=lambda: [PhaseConfig(name="populate"), PhaseConfig(name="hit")]
+        default_factory=lambda: [PhaseConfig(name="populate"), PhaseConfig(name="hit")], min_length=1,
+        description="run one after another on the same caches; at least one",
     )
+
+    @model_validator(mode="after")
+    def _unique_phases(self) -> RunConfig:
+        names = [p.name for p in self.phases]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"phase names must be unique, repeated: {dup}")
+        return self
     max_sim_time_s: float = Field(7 * 24 * 3600.0, gt=0, description="stop a phase that runs longer than this")
 
 
@@ -485,6 +495,27 @@ class Scenario(_Strict):
     plan: PlanConfig = Field(default_factory=PlanConfig, description="knobs `belusim plan --target-qps` sizes")
     # Where relative paths in the scenario (trace files) are resolved from.
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+    # What the loader noticed but accepted (a calibration profile of another GPU...).
+    _warnings: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self._warnings)
+
+    def size_problems(self) -> list[tuple[tuple, str]]:
+        """Sizes past SIZE_LIMITS and sizes that do not fit together, as (field path, message)."""
+        out = []
+        for dotted, (limit, why) in SIZE_LIMITS.items():
+            for loc, value in _values_at(self, dotted.split(".")):
+                if isinstance(value, (int, float)) and value > limit:
+                    out.append((loc, f"{value:,} is past the bound {limit:,} ({why})"))
+        bs = self.engine.block_size
+        bad = [f"{s.name} ({s.kv.chunk_tokens})" for s in self.systems
+               if s.kv.kind != "hbm-only" and s.kv.chunk_tokens % bs]
+        if bad:
+            out.append((("engine", "block_size"), f"{bs} does not divide the kv.chunk_tokens of system "
+                        f"{', '.join(bad)}: a tier chunk is a whole number of engine blocks"))
+        return out
 
     @property
     def base_dir(self) -> Path:
@@ -561,6 +592,42 @@ def _get_path(data: dict, dotted: str) -> Any:
     return cur
 
 
+def _values_at(obj: Any, parts: list[str], loc: tuple = ()) -> list[tuple[tuple, Any]]:
+    """(path, value) of every field at a dotted path; `*` runs over a list's items."""
+    if not parts:
+        return [(loc, obj)]
+    head, rest = parts[0], parts[1:]
+    if head == "*":
+        return [x for i, item in enumerate(obj or []) for x in _values_at(item, rest, loc + (i,))]
+    if isinstance(obj, BaseModel) and head in type(obj).model_fields:
+        return _values_at(getattr(obj, head), rest, loc + (head,))
+    return []
+
+
+# Sane bounds on sizes. Past them memory or run time grows without limit (a typo such as
+# `servers: 1e9` once grew to 6.9 GB before it was stopped). Each is far beyond a real
+# deployment: change a bound here, with its reason, if a study needs more.
+SIZE_LIMITS: dict[str, tuple[float, str]] = {
+    "cluster.servers": (4096, "a simulated cluster of at most 4,096 servers"),
+    "cluster.gpus_per_server": (64, "HGX-class servers hold 8; 64 allows large NVLink domains"),
+    "cluster.gpus_per_pcie_switch": (64, "no PCIe switch has more downstream GPUs"),
+    "cluster.cxl_adapters_per_server": (64, "a server has at most a few x16 slots"),
+    "cluster.cxl_devices": (4096, "memory devices behind the CXL switches"),
+    "cluster.cxl_switches": (256, "switch chips in the CXL fabric"),
+    "cluster.nics_per_server": (64, "NICs per server"),
+    "engine.block_size": (4096, "tokens per KV block"),
+    "engine.max_num_seqs": (1 << 20, "requests in one batch"),
+    "engine.max_num_batched_tokens": (1 << 24, "tokens in one step"),
+    "engine.kv_blocks": (1 << 28, "HBM KV blocks per instance"),
+    "systems.*.kv.capacity_gb": (1e8, "100 PB of pool"),
+    "systems.*.kv.chunk_tokens": (1 << 20, "tokens per tier chunk"),
+    "workload.num_prompts": (10_000_000, "requests per phase are held in memory"),
+    "workload.arrival.clients": (1_000_000, "closed-loop clients"),
+    "run.phases.*.workload.num_prompts": (10_000_000, "requests per phase are held in memory"),
+    "run.phases.*.workload.arrival.clients": (1_000_000, "closed-loop clients"),
+}
+
+
 # The paper's testbed parts, used where a scenario names none.
 DEFAULT_HARDWARE: dict[str, str] = {
     "host": "xeon-8575c",
@@ -576,7 +643,16 @@ DEFAULT_HARDWARE: dict[str, str] = {
 }
 
 
-def _expand_cards(raw: dict, where: str) -> dict:
+def _card(kind: str, card_id: Any, where: str, dotted: str) -> dict:
+    if not isinstance(card_id, str):
+        raise ConfigError(f"{where}: field '{dotted}' must be a card id, got {_short(card_id)}")
+    try:
+        return load_card_dict(kind, card_id)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: field '{dotted}': {e}") from None
+
+
+def _expand_cards(raw: dict, where: str, origin: dict[str, str] | None = None) -> dict:
     data = copy.deepcopy(raw)
     hw = data.setdefault("hardware", {})
     if not isinstance(hw, dict):
@@ -589,11 +665,12 @@ def _expand_cards(raw: dict, where: str) -> dict:
         if not isinstance(parent, dict) or leaf not in parent:
             continue
         ref = parent[leaf]
+        at = (origin or {}).get(dotted, where)
         if isinstance(ref, str):
-            parent[leaf] = load_card_dict(kind, ref)
+            parent[leaf] = _card(kind, ref, at, dotted)
         elif isinstance(ref, dict) and "card" in ref:
             over = {k: v for k, v in ref.items() if k != "card"}
-            base = load_card_dict(kind, ref["card"])
+            base = _card(kind, ref["card"], at, f"{dotted}.card")
             merged = deep_merge(base, over)
             if over:
                 merged["id"] = over.get("id", f"{base['id']}+overrides")
@@ -605,7 +682,7 @@ def _expand_cards(raw: dict, where: str) -> dict:
         ic = data["gpu"].get("interconnect", GPUCard.model_fields["interconnect"].default)
         if not isinstance(ic, str):
             raise ConfigError(f"{where}: field 'gpu.interconnect' must be an interconnect card id, got {ic!r}")
-        data["interconnect"] = load_card_dict("interconnects", ic)
+        data["interconnect"] = _card("interconnects", ic, where, "gpu.interconnect")
     systems = data.get("systems")
     if isinstance(systems, list):
         for i, system in enumerate(systems):
@@ -618,10 +695,10 @@ def _expand_stack(system: dict, where: str) -> None:
     """Expand a system's stack card and put its kv defaults under the system's own kv."""
     ref = system["stack"]
     if isinstance(ref, str):
-        card = load_card_dict("stacks", ref)
+        card = _card("stacks", ref, where, "stack")
     elif isinstance(ref, dict) and "card" in ref:
         over = {k: v for k, v in ref.items() if k != "card"}
-        card = deep_merge(load_card_dict("stacks", ref["card"]), over)
+        card = deep_merge(_card("stacks", ref["card"], where, "stack.card"), over)
         if over:
             card["id"] = over.get("id", f"{ref['card']}+overrides")
     elif ref is None or isinstance(ref, dict):
@@ -638,10 +715,12 @@ def _expand_stack(system: dict, where: str) -> None:
     system["kv"] = deep_merge({k: v for k, v in defaults.items() if k not in ("kind", "capacity_gb")}, kv)
 
 
-def set_path(data: dict, dotted: str, value: Any, where: str = "--set") -> None:
-    """Set a dotted path; list items of `systems`/`phases` can be named by their `name`."""
+def set_path(data: dict, dotted: str, value: Any, where: str = "--set") -> tuple:
+    """Set a dotted path; list items of `systems`/`phases` can be named by their `name`.
+    Returns the path as set, list items as indices (to tell which errors it caused)."""
     parts = dotted.split(".")
     cur: Any = data
+    done: list = []
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
         if isinstance(cur, list):
@@ -655,6 +734,7 @@ def set_path(data: dict, dotted: str, value: Any, where: str = "--set") -> None:
                         break
             if idx is None:
                 raise ConfigError(f"{where}: '{dotted}': no list item named {part!r}")
+            done.append(idx)
             if last:
                 cur[idx] = value
             else:
@@ -662,12 +742,14 @@ def set_path(data: dict, dotted: str, value: Any, where: str = "--set") -> None:
             continue
         if not isinstance(cur, dict):
             raise ConfigError(f"{where}: '{dotted}': '{'.'.join(parts[:i])}' is not a mapping")
+        done.append(part)
         if last:
             cur[part] = value
         else:
             if part not in cur or cur[part] is None:
                 cur[part] = {}
             cur = cur[part]
+    return tuple(done)
 
 
 def parse_set(items: list[str]) -> list[tuple[str, Any]]:
@@ -710,11 +792,43 @@ def load_profile_overrides(path: Path) -> dict[str, Any]:
     return out
 
 
-def _format_validation(err: ValidationError, where: Path | str) -> str:
-    lines = [f"{where}: invalid scenario"]
+def _short(x: Any, limit: int = 80) -> str:
+    r = repr(x)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+def _origin_of(loc: tuple, origins: list[tuple[tuple, str]]) -> str | None:
+    """The override (--set item or profile) that set the field at `loc`, if any: its path
+    must run along `loc` (pydantic may add a union tag in between) or contain it."""
+    best = None
+    for path, label in origins:
+        it = iter(loc)
+        if all(any(p == x for x in it) for p in path) or (loc and tuple(path[: len(loc)]) == tuple(loc)):
+            best = label  # the last override of a field wins, as when applying them
+    return best
+
+
+def _dotted(loc: tuple, data: Any = None) -> str:
+    return ".".join(str(x) for x in loc) or "(top level)"
+
+
+def _format_validation(err: ValidationError, where: Path | str, origins: list[tuple[tuple, str]] = (),
+                       what: str = "invalid scenario", data: Any = None) -> str:
+    """One line per error, each blamed on the file or on the override that set the field."""
+    items = []
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"])
-        lines.append(f"  {loc}: {e['msg']}" + (f" (got {e['input']!r})" if e["type"] != "missing" else ""))
+        loc = tuple(e["loc"])
+        dotted = _dotted(loc, data)
+        msg = e["msg"]
+        if e["type"] != "missing" and not isinstance(e.get("input"), (dict, list)):
+            msg += f" (got {_short(e.get('input'))})"
+        items.append((_origin_of(loc, list(origins)), f"{dotted}: {msg}"))
+    sources = {src for src, _ in items}
+    if len(sources) == 1 and None not in sources:
+        head = f"{next(iter(sources))}: {what}"
+        return "\n".join([head] + [f"  {line}" for _, line in items])
+    lines = [f"{where}: {what}"]
+    lines += [f"  {line}" + (f" (set by {src})" if src else "") for src, line in items]
     return "\n".join(lines)
 
 
@@ -731,24 +845,33 @@ def resolve_scenario(
         raw, where, base_dir = _read_yaml(path), str(path), path.resolve().parent
         if {"scenario", "parameter", "values"} <= raw.keys():
             raise ConfigError(f"{path} is a sweep, not a scenario: run it with `belusim sweep {path}`")
-    sets = parse_set(overrides or [])
+    items = list(overrides or [])
+    sets = parse_set(items)
+    labels = [f"--set {item}" for item in items]
+    # Which override set which field, so that an error names it rather than the file.
+    origins: list[tuple[tuple, str]] = []
     # A card-valued field set to a card id (--set gpu=h100) is applied before the cards
     # are expanded; everything else after, so it can reach into a card.
-    early = [(k, v) for k, v in sets if k in CARD_FIELDS]
     raw = copy.deepcopy(raw)
-    for key, value in early:
-        set_path(raw, key, value)
-    data = _expand_cards(raw, where)
+    early: dict[str, str] = {}
+    for (key, value), label in zip(sets, labels):
+        if key in CARD_FIELDS:
+            origins.append((set_path(raw, key, value, where=label), label))
+            early[key] = label
+    data = _expand_cards(raw, where, early)
     cal = calibration or data.get("calibration")
+    warnings: list[str] = []
     if cal:
         prof = find_profile(cal, base_dir)
-        for key, value in load_profile_overrides(prof).items():
-            set_path(data, key, value, where=str(prof))
+        fitted = load_profile_overrides(prof)
+        warnings += _calibration_mismatch(prof, fitted, data)
+        for key, value in fitted.items():
+            origins.append((set_path(data, key, value, where=str(prof)), f"calibration profile {prof}"))
             _note_source(data, key, f"measured: calibration profile {prof.name}")
         data["calibration"] = str(cal)
-    for key, value in sets:
+    for (key, value), label in zip(sets, labels):
         if key not in CARD_FIELDS:
-            set_path(data, key, value)
+            origins.append((set_path(data, key, value, where=label), label))
     try:
         apply_vllm_profile(data)
     except ValueError as e:
@@ -756,9 +879,39 @@ def resolve_scenario(
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation(e, where)) from None
+        raise ConfigError(_format_validation(e, where, origins, data=data)) from None
+    problems = scenario.size_problems()
+    if problems:
+        lines = [(_origin_of(loc, origins), f"{_dotted(loc, data)}: {msg}") for loc, msg in problems]
+        srcs = {src for src, _ in lines}
+        head = next(iter(srcs)) if len(srcs) == 1 and None not in srcs else where
+        raise ConfigError("\n".join([f"{head}: invalid scenario"] + [
+            f"  {line}" + (f" (set by {src})" if src and head == where else "") for src, line in lines]))
     scenario._base_dir = base_dir
+    scenario._warnings = warnings
     return scenario, data
+
+
+def _calibration_mismatch(prof: Path, fitted: dict[str, Any], data: dict) -> list[str]:
+    """A profile measured on one GPU applied to a scenario on another: say so."""
+    if not any(k.startswith("gpu.") for k in fitted):
+        return []
+    try:
+        measured = (read_json(prof, error=ConfigError).get("machine") or {}).get("gpu") or {}
+    except (ConfigError, AttributeError):
+        return []
+    name = measured.get("name") if isinstance(measured, dict) else None
+    card = str((data.get("gpu") or {}).get("id", "?")).split("+")[0]
+    if not name:
+        return [f"calibration profile {prof} does not say which GPU it measured; its gpu.* values "
+                f"are applied to the scenario's {card}"]
+    from belusim.calibration.models import nominal_gpu_peaks
+
+    match = nominal_gpu_peaks(str(name))
+    if match is None or match[0] != card:
+        return [f"calibration profile {prof} measured {name!r} but the scenario's GPU is {card!r}: "
+                f"its gpu.* values ({', '.join(k for k in fitted if k.startswith('gpu.'))}) are applied anyway"]
+    return []
 
 
 def _note_source(data: dict, dotted: str, note: str) -> None:
