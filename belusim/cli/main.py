@@ -410,17 +410,17 @@ def cards(
                 card = load_card(k, cid)
             except ConfigError as e:
                 _fail(str(e))
-            values = card.model_dump(exclude={"id", "description", "sources"})
+            rows = card.figure_rows()
             if markdown:
                 sys.stdout.write(f"\n### {k}/{cid}\n\n{card.description}\n\n| field | value | source |\n|---|---|---|\n")
-                for f, v in values.items():
-                    sys.stdout.write(f"| {f} | {v} | {card.sources.get(f, '')} |\n")
+                for f, v, src in rows:
+                    sys.stdout.write(f"| {f} | {v} | {src} |\n")
             else:
                 table = Table(title=f"{k}/{cid}: {card.description}")
                 for c in ("field", "value", "source"):
                     table.add_column(c)
-                for f, v in values.items():
-                    table.add_row(f, str(v), card.sources.get(f, ""))
+                for f, v, src in rows:
+                    table.add_row(f, v, src)
                 Console().print(table)
 
 

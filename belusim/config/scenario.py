@@ -42,6 +42,11 @@ class Card(_Strict):
     # figure name -> "paper: ...", "vendor: ...", "derived: ...", "assumed: ...", "measured: ..."
     sources: dict[str, str] = Field(default_factory=dict)
 
+    def figure_rows(self) -> list[tuple[str, str, str]]:
+        """(field, value, source) for every figure, as `belusim cards` prints them."""
+        values = self.model_dump(exclude={"id", "description", "sources"})
+        return [(f, str(v), self.sources.get(f, "")) for f, v in values.items()]
+
 
 # --------------------------------------------------------------------------- model cards
 
@@ -266,6 +271,22 @@ class StackCard(Card):
     kv: dict[str, Any] = Field(default_factory=dict, description="defaults for the system's kv fields")
     stages: list[StageConfig] = Field(default_factory=list)
     threads: int = Field(1, gt=0, description="connector threads per instance that run load/save stages")
+
+    def figure_rows(self) -> list[tuple[str, str, str]]:
+        kv_src = self.sources.get("kv", "")
+        rows = [(f"kv.{k}", str(v), kv_src) for k, v in self.kv.items()]
+        rows.append(("threads", str(self.threads), self.sources.get("threads", "")))
+        for st in self.stages:
+            cost = []
+            if st.fixed_us:
+                cost.append(f"{st.fixed_us:g} us per {'call' if st.per == 'call' else 'object'}")
+            if st.gbps is not None:
+                rate = st.gbps if isinstance(st.gbps, str) else f"{st.gbps:g} GB/s"
+                over = {"kv": "the KV", "token-ids": "token ids", "token-id-prefixes": "every chunk's prefix of token ids"}
+                cost.append(f"{over[st.bytes_of]} at {rate}"
+                            + (f" (objects over {st.min_object_kb:g} KB)" if st.min_object_kb else ""))
+            rows.append((f"stage {st.name} ({', '.join(st.ops)})", "; ".join(cost) or "0", " ".join(st.source.split())))
+        return rows
 
     @model_validator(mode="after")
     def _check_kv(self) -> StackCard:
