@@ -275,3 +275,28 @@ def test_tokenizer_json_counts_and_prefix_sharing(tmp_path):
     assert a.block_keys[6] != b.block_keys[6]
     with pytest.raises(WorkloadError, match="tokenizer_json"):
         build({"kind": "lveval-files", "path": str(tmp_path / "lv"), "tokenizer_json": str(tmp_path / "lv" / "factrecall_en_16k.jsonl")})
+
+
+def test_trace_stats_measures_haystack_reuse_with_a_tokenizer(tmp_path):
+    """factrecall-style records: one haystack, a fact inserted at different depths; a real
+    tokenizer finds the shared prefix up to the earlier insertion."""
+    pytest.importorskip("tokenizers")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from belusim.workloads.stats import trace_stats
+
+    hay = [f"w{i}" for i in range(200)]
+    fact = ["the", "secret", "is", "blue"]
+    ctx1 = " ".join(hay[:40] + fact + hay[40:])
+    ctx2 = " ".join(hay[:70] + fact + hay[70:])
+    vocab = {w: i for i, w in enumerate(sorted(set(hay + fact + ["what", "is", "the", "secret"])))}
+    vocab["[UNK]"] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    write_jsonl(tmp_path / "lv" / "factrecall_en_16k.jsonl", [rec(ctx1, "what is the secret"), rec(ctx2, "what is the secret")])
+    s = trace_stats(tmp_path / "lv", "lveval", 16, tokenizer_json=tmp_path / "tokenizer.json")
+    total = 2 * (204 + 4)
+    assert s["prefix_hit_ratio"] == pytest.approx((40 // 16) * 16 / total)
+    # without a tokenizer the two contexts differ as wholes: no reuse is seen
+    assert trace_stats(tmp_path / "lv", "lveval", 16)["prefix_hit_ratio"] == 0.0

@@ -94,13 +94,16 @@ def stats_cmd(
     format: Optional[str] = typer.Option(None, "--format", "-f", help="mooncake | lveval | belusim (default: detect)."),
     block_size: Optional[int] = typer.Option(None, "--block-size", help="Engine block size in tokens (default 16; a belusim trace's own)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    tokenizer_json: Optional[Path] = typer.Option(
+        None, "--tokenizer-json", help="LV-Eval: count tokens and key contexts with this tokenizer.json (needs 'tokenizers')."
+    ),
 ) -> None:
     """Requests, rate, token percentiles, prefix blocks and the infinite-cache hit ratio."""
     from .stats import trace_stats
 
     with _user_errors():
         _check_format(format)
-        s = trace_stats(file, format, block_size)
+        s = trace_stats(file, format, block_size, tokenizer_json=tokenizer_json)
     if as_json:
         typer.echo(json.dumps(s))
     else:

@@ -69,6 +69,32 @@ _SIBLING = {
 QUESTION_TOKENS_ASSUMED = 32
 
 
+# Documented reuse (reuse: documented). LV-Eval prompts are built from one template per
+# subset, "<instruction>\n\nArticle: {context}\n\n<instruction>\n\nQuestion: {input}\nAnswer:"
+# (infinigence/LVEval config.py, DATASET_PROMPT), so every record of a subset starts with the
+# same instruction. Its length here is an estimate from its words (en, x1.3 tokens per word)
+# or characters (zh, x0.8 tokens per character), the same rule as the rest of this table:
+TEMPLATE_HEADER_TOKENS: dict[str, int] = {
+    "hotpotwikiqa_mixup": 42,  # 32 words
+    "loogle_SD_mixup": 44,  # 34 words
+    "loogle_CR_mixup": 44,
+    "loogle_MIR_mixup": 44,
+    "multifieldqa_en_mixup": 44,
+    "multifieldqa_zh_mixup": 50,  # 62 characters
+    "factrecall_en": 14,  # 11 words
+    "factrecall_zh": 14,  # 18 characters
+    "cmrc_mixup": 27,  # 34 characters
+    "lic_mixup": 27,
+    "dureader_mixup": 27,
+}
+# LV-Eval's README (infinigence/LVEval, "Overview"): the mixup subsets have 5 contexts per QA
+# pair (one per length level), so within a level no two records share a context; the
+# factrecall subsets have ONE QA pair and 200 contexts per level, a needle-in-a-haystack
+# pressure test. Assumed from that design: a level's 200 factrecall contexts are one haystack
+# with the fact inserted at a depth drawn uniformly per record (and any confusing facts at
+# depths of their own), so two records share the haystack up to the first insertion of either.
+
+
 @dataclass(frozen=True)
 class SubsetStats:
     """One LV-Eval subset: where each figure comes from is in the *_source fields."""
@@ -153,6 +179,10 @@ class LvevalPrompt:
     origin: str = "lveval"  # "lveval" (files) or "lveval-synthetic"
     # Per-block content ids of the context when a real tokenizer gave token ids.
     context_block_hashes: np.ndarray | None = field(default=None, repr=False)
+    # reuse: documented: the template header before the context (shared by the subset) and
+    # the context tokens shared with the level's haystack (factrecall), both in context_tokens.
+    header_tokens: int = 0
+    haystack_tokens: int = 0
 
     @property
     def prompt_tokens(self) -> int:
@@ -167,10 +197,31 @@ def truncate(context_tokens: int, question_tokens: int, limit: int | None) -> tu
     return min(context_tokens, limit - q), q
 
 
+def documented_block_keys(prompts: list[LvevalPrompt], block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keys of prompts built as template header + (haystack prefix) + own context + question."""
+    from .synthetic import prompts_block_keys
+
+    rows = []
+    for p in prompts:
+        segs = []
+        if p.header_tokens:
+            segs.append((hash_str("lveval-template", p.subset), p.header_tokens))
+        if p.haystack_tokens:
+            segs.append((hash_str("lveval-haystack", p.origin, p.subset, p.level), p.haystack_tokens))
+        own = p.context_tokens - p.header_tokens - p.haystack_tokens
+        if own:
+            segs.append((p.context_id, own))
+        segs.append((p.uid, p.question_tokens))
+        rows.append(segs)
+    return prompts_block_keys(rows, block_size, hash_str("belusim-ns", "lveval-documented"))
+
+
 def prompt_block_keys(prompts: list[LvevalPrompt], block_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Chained keys of all prompts: (flat int64 keys, row offsets)."""
     if block_size < 1:
         raise WorkloadError(f"block_size must be >= 1, got {block_size}")
+    if any(p.header_tokens or p.haystack_tokens for p in prompts):
+        return documented_block_keys(prompts, block_size)
     n = len(prompts)
     total = np.fromiter((p.prompt_tokens for p in prompts), dtype=np.int64, count=n)
     nblk = total // block_size
@@ -248,13 +299,27 @@ def synthesize(
     truncate_tokens: int | None = None,
     length_cv: float = 0.15,
     shared_context_fraction: float = 0.0,
+    reuse: str = "none",
+    factrecall_insertions: int = 1,
 ) -> list[LvevalPrompt]:
     """LV-Eval-like prompts from the statistics table; same seed -> identical prompts.
 
     Subsets are drawn in proportion to their QA pairs; lengths are lognormal around the
     subset mean (length_cv is an assumption: the table has means only). A record re-uses an
     earlier context of its subset with probability shared_context_fraction.
+
+    reuse="documented" adds the reuse LV-Eval's construction implies (see
+    TEMPLATE_HEADER_TOKENS): each prompt opens with its subset's template header, and a
+    factrecall context shares its level's haystack up to the first of `factrecall_insertions`
+    insertions at uniform depths.
     """
+    if reuse not in ("none", "documented"):
+        raise WorkloadError(f"reuse must be 'none' or 'documented', got {reuse!r}")
+    depth_u = (
+        _subset_rng(seed, "lveval-synthetic", "insertion-depth", level)
+        .random((num_prompts, max(1, factrecall_insertions)))
+        .min(axis=1)
+    )
     for s in subsets:
         if s not in SUBSETS:
             raise WorkloadError(f"unknown LV-Eval subset {s!r}; known: {sorted(SUBSETS)}")
@@ -297,6 +362,12 @@ def synthesize(
             ctx_id = hash_str("lveval-synthetic-context", seed, s, level, len(earlier))
             earlier.append((ctx_id, ctx))
         c_t, q_t = truncate(ctx, q, truncate_tokens)
+        header = haystack = 0
+        if reuse == "documented":
+            # The header is part of the prompt: it takes the head of the context's length.
+            header = min(TEMPLATE_HEADER_TOKENS.get(s, 0), c_t)
+            if s.startswith("factrecall") and not shared:
+                haystack = max(0, min(int(depth_u[i] * (ctx - header)), c_t - header))
         out.append(
             LvevalPrompt(
                 subset=s,
@@ -310,6 +381,8 @@ def synthesize(
                 uid=hash_str("lveval-synthetic-record", seed, s, level, k),
                 shared_context=shared,
                 origin="lveval-synthetic",
+                header_tokens=header,
+                haystack_tokens=haystack,
             )
         )
     return out

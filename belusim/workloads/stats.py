@@ -244,7 +244,9 @@ def detect_format(path: str | Path) -> str:
     raise WorkloadError.at(path, "empty trace: no requests")
 
 
-def trace_stats(path: str | Path, fmt: str | None = None, block_size: int | None = 16) -> dict:
+def trace_stats(
+    path: str | Path, fmt: str | None = None, block_size: int | None = 16, tokenizer_json: str | Path | None = None
+) -> dict:
     """Statistics of a trace file in any supported format (auto-detected when fmt is None).
 
     block_size None means 16, or the trace's own block size for belusim traces.
@@ -265,7 +267,7 @@ def trace_stats(path: str | Path, fmt: str | None = None, block_size: int | None
         wl = read_trace(path, block_size=block_size)
         return workload_stats(wl, fmt="belusim", path=path)
     bs = block_size or 16
-    prompts = load_files(path, levels=None, counter=TokenCounter(), block_size=bs)
+    prompts = load_files(path, levels=None, counter=TokenCounter(tokenizer_json), block_size=bs)
     if not prompts:
         raise WorkloadError.at(path, "empty trace: no records")
     from .builder import lveval_requests
@@ -274,5 +276,9 @@ def trace_stats(path: str | Path, fmt: str | None = None, block_size: int | None
     from .spec import Workload
 
     out = workload_stats(Workload(requests=reqs, block_size=bs, mode="closed"), fmt="lveval", path=path)
-    out["note"] = "LV-Eval tokens estimated from words (en) / characters (zh); output = reference answer tokens"
+    out["note"] = (
+        f"LV-Eval tokens counted with {Path(tokenizer_json).name}; contexts keyed by their token ids"
+        if tokenizer_json
+        else "LV-Eval tokens estimated from words (en) / characters (zh); output = reference answer tokens"
+    )
     return out
