@@ -142,3 +142,38 @@ def test_sessions_send_each_turn_after_the_previous_reply_and_its_think_time():
             assert rows[spec.req_id][11] == pytest.approx(spec.arrival_s)
     # later turns hit the history cached in HBM
     assert sum(r[8] for r in rows.values()) > 0
+
+
+def test_lveval_documented_reuse_follows_the_construction():
+    """Template headers are shared by a subset; factrecall records share the haystack up to
+    the earlier insertion of the two; the first run's infinite-cache hits are exactly that."""
+    bs = 16
+    cfg = {"kind": "lveval-synthetic", "num_prompts": 120, "reuse": "documented"}
+    wl = build_workload(cfg, block_size=bs, seed=5)
+    plain = build_workload({**cfg, "reuse": "none"}, block_size=bs, seed=5)
+    assert [r.prompt_tokens for r in wl.requests] == [r.prompt_tokens for r in plain.requests]
+    assert _infinite_cache_hits(plain.requests)[0] == 0  # no reuse unless asked for
+
+    def common(a, b) -> int:  # leading blocks two prompts share by construction
+        if a.tags["subset"] != b.tags["subset"]:
+            return 0
+        shared = a.tags["header_tokens"]
+        if a.tags["subset"].startswith("factrecall"):
+            shared += min(a.tags["haystack_tokens"], b.tags["haystack_tokens"])
+        return shared // bs
+
+    expected = 0
+    for i, r in enumerate(wl.requests):
+        for j in range(i):
+            c = common(r, wl.requests[j])
+            n = 0
+            while n < len(r.block_keys) and n < len(wl.requests[j].block_keys) and r.block_keys[n] == wl.requests[j].block_keys[n]:
+                n += 1
+            assert n == c, (i, j, n, c)
+        expected += max([common(r, wl.requests[j]) for j in range(i)] or [0])
+    assert _infinite_cache_hits(wl.requests)[0] == expected > 0
+    fr = [r for r in wl.requests if r.tags["subset"] == "factrecall_en"]
+    assert fr and all(0 <= r.tags["haystack_tokens"] < r.prompt_tokens for r in fr)
+    # more insertions per context cut the shared haystack shorter
+    wl4 = build_workload({**cfg, "factrecall_insertions": 4}, block_size=bs, seed=5)
+    assert _infinite_cache_hits(wl4.requests)[0] < expected

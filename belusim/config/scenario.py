@@ -473,6 +473,9 @@ class PhaseConfig(_Strict):
     name: str
     workload: WorkloadConfig | None = Field(None, description="None: the scenario's workload (same prompts)")
     clear_hbm_cache: bool = Field(False, description="restart the engines (empty HBM cache) before the phase")
+    wait_for_saves: bool = Field(
+        False, description="let the saves still in flight finish before the phase (a benchmark's warm-up then measure)"
+    )
 
 
 class RunConfig(_Strict):

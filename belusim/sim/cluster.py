@@ -339,6 +339,8 @@ def simulate(scenario: Scenario, system: SystemConfig, recorder: Recorder, progr
     bs = scenario.engine.block_size
     phase_starts = {}
     for n, phase in enumerate(scenario.run.phases):
+        if phase.wait_for_saves:
+            cluster.drain()
         if phase.clear_hbm_cache:
             cluster.clear_hbm()
         wl_cfg = phase.workload or scenario.workload

@@ -88,6 +88,8 @@ def lveval_requests(prompts: list[LvevalPrompt], block_size: int, outputs: np.nd
                     "context_tokens": p.context_tokens,
                     "question_tokens": p.question_tokens,
                     "shared_context": p.shared_context,
+                    "header_tokens": p.header_tokens,
+                    "haystack_tokens": p.haystack_tokens,
                 },
             )
         )
@@ -154,6 +156,8 @@ def build_workload(cfg, *, block_size: int, seed: int, base_dir: Path | None = N
             truncate_tokens=cfg.truncate_tokens,
             length_cv=cfg.length_cv,
             shared_context_fraction=cfg.shared_context_fraction,
+            reuse=cfg.reuse,
+            factrecall_insertions=cfg.factrecall_insertions,
         )
         caps = synthetic_answer_tokens(prompts, rng_for(seed, "output", "lveval-synthetic"))
         outs = _outputs(cfg.output, len(prompts), seed, None, caps)

@@ -174,6 +174,14 @@ class LvevalSyntheticConfig(_Base):
         le=1.0,
         description="Probability that a record re-uses the context of an earlier record of its subset.",
     )
+    reuse: Literal["none", "documented"] = Field(
+        "none",
+        description="documented: the reuse LV-Eval's construction implies (shared template header; "
+        "factrecall contexts share one haystack up to the inserted fact)",
+    )
+    factrecall_insertions: int = Field(
+        1, ge=1, description="Insertions (fact + confusing facts) per factrecall context at independent depths (assumed 1)."
+    )
     output: OutputConfig = Field(
         default_factory=LvevalCapsOutput, description="Output-length rule."
     )
@@ -296,7 +304,7 @@ class SharedPrefixConfig(_Base):
     num_groups: int = Field(ge=1, description="Number of groups (distinct system prompts).")
     prompts_per_group: int = Field(ge=1, description="Distinct questions per group.")
     system_prompt_tokens: int = Field(ge=0, description="Shared system-prompt length (tokens).")
-    question_tokens: int = Field(ge=1, description="Question length (tokens), unique per prompt.")
+    question_tokens: int = Field(ge=0, description="Question length (tokens), unique per prompt (0: a group's prompts are identical).")
     num_requests: int | None = Field(
         None, ge=1, description="Requests to send; None = the stages' count, else each prompt once."
     )
@@ -308,6 +316,8 @@ class SharedPrefixConfig(_Base):
 
     @model_validator(mode="after")
     def _check(self) -> "SharedPrefixConfig":
+        if self.system_prompt_tokens + self.question_tokens < 1:
+            raise ValueError("shared-prefix: system_prompt_tokens + question_tokens must be at least 1")
         _no_trace_modes("shared-prefix", self.arrival, self.output)
         _no_lveval_caps("shared-prefix", self.output)
         return self

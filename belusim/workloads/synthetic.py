@@ -92,7 +92,8 @@ def shared_prefix_prompts(
         sys_id = hash_str("shared-prefix", name, seed, "system", g)
         for m in range(prompts_per_group):
             segs = [(sys_id, system_prompt_tokens)] if system_prompt_tokens else []
-            segs.append((hash_str("shared-prefix", name, seed, "question", g, m), question_tokens))
+            if question_tokens:
+                segs.append((hash_str("shared-prefix", name, seed, "question", g, m), question_tokens))
             out.append(segs)
     return out
 
