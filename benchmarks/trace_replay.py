@@ -1,0 +1,105 @@
+"""Speed of a full trace replay, as one JSON object: the Mooncake conversation trace
+(12,031 requests over about an hour) on 2 servers x 8 GPUs with a CXL pool.
+
+    python benchmarks/trace_replay.py --json [--system cxl-pool] [--set gpu=h100]...
+
+Fields: wall_s and cpu_s (this process, whole simulate() call, workload reading
+included), simulated_s, requests, events (SimPy events scheduled), steps (engine steps),
+step_events, real_time_factor_cpu (simulated seconds per CPU second), peak_rss_mb (the
+process's high-water mark) and bare_simpy_us_per_event (a loop of plain env.timeout on
+this machine now, for scale). Without --json it prints the same as lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import simpy
+
+from belusim.config.scenario import resolve_scenario
+from belusim.report.metrics import Recorder
+from belusim.sim.cluster import simulate
+
+SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "traces" / "mooncake-conversation-cxl.yaml"
+
+
+def bare_simpy_us_per_event(n: int = 200_000) -> float:
+    """CPU microseconds per event of a process doing nothing but env.timeout."""
+    env = simpy.Environment()
+
+    def ticker():
+        timeout = env.timeout
+        for _ in range(n):
+            yield timeout(1.0)
+
+    env.process(ticker())
+    t0 = time.process_time()
+    env.run()
+    return (time.process_time() - t0) / n * 1e6
+
+
+def peak_rss_mb() -> float:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if sys.platform != "darwin" else kb / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scenario", default=str(SCENARIO))
+    ap.add_argument("--system", default="cxl-pool")
+    ap.add_argument("--set", action="append", default=[], help="path=value overrides")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--profile", metavar="FILE", help="write a cProfile of the run to FILE")
+    args = ap.parse_args()
+    sc, _ = resolve_scenario(Path(args.scenario), args.set)
+    prof = None
+    if args.profile:
+        import cProfile
+        prof = cProfile.Profile()
+    c0, t0 = time.process_time(), time.perf_counter()
+    if prof:
+        prof.enable()
+    run = simulate(sc, sc.system(args.system), Recorder())
+    if prof:
+        prof.disable()
+        prof.dump_stats(args.profile)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    s = run.summaries[0]
+    out = {
+        "scenario": sc.name,
+        "system": args.system,
+        "overrides": args.set,
+        "instances": sc.cluster.instances,
+        "wall_s": round(wall, 3),
+        "cpu_s": round(cpu, 3),
+        "simulated_s": round(run.sim_s, 3),
+        "requests": s["requests"],
+        "completed": s["completed"],
+        "rejected": s["rejected"],
+        "events": run.events,
+        "steps": run.steps,
+        "step_events": run.step_events,
+        "real_time_factor_cpu": round(run.sim_s / cpu, 1),
+        "cpu_us_per_event": round(cpu / max(run.events, 1) * 1e6, 2),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "bare_simpy_us_per_event": round(bare_simpy_us_per_event(), 3),
+        "ttft_mean_s": s["ttft_mean_s"],
+        "tpot_mean_s": s["tpot_mean_s"],
+        "hbm_hit_ratio": s["hbm_hit_ratio"],
+        "tier_hit_ratio": s["tier_hit_ratio"],
+        "preemptions": s["preemptions"],
+    }
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k:>24}  {v}")
+
+
+if __name__ == "__main__":
+    main()
