@@ -8,12 +8,38 @@ which physical block holds what, only how many are in use and which keys are res
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from itertools import islice, takewhile
+from collections import OrderedDict, deque
+from itertools import filterfalse, islice, repeat, takewhile
 
 
 class OutOfBlocks(Exception):
     pass
+
+
+class EvictionLog:
+    """The most recent evicted keys, addressed by eviction count, so that a waiting request
+    can tell whether its matched prefix lost a key without walking it again."""
+
+    KEEP = 1 << 15  # keys kept; an older question gets None (walk again)
+
+    __slots__ = ("keys", "base")
+
+    def __init__(self):
+        self.keys: list[int] = []
+        self.base = 0  # eviction count of keys[0]
+
+    def extend(self, keys) -> None:
+        log = self.keys
+        log.extend(keys)
+        if len(log) > 2 * self.KEEP:
+            drop = len(log) - self.KEEP
+            del log[:drop]
+            self.base += drop
+
+    def since(self, count: int) -> list[int] | None:
+        if count < self.base:
+            return None
+        return self.keys[count - self.base:]
 
 
 class BlockPool:
@@ -28,6 +54,7 @@ class BlockPool:
         self.resident: set[int] = set()  # every cached key, held or not (fast prefix walks)
         self.evictions = 0
         self.promotions = 0
+        self._evicted = EvictionLog()
 
     # -- queries ---------------------------------------------------------------------
     @property
@@ -47,28 +74,32 @@ class BlockPool:
         caller knows are resident (nothing was evicted since it last looked)."""
         if not self.caching or start >= limit:
             return min(start, limit) if self.caching else 0
-        return start + sum(1 for _ in takewhile(self.resident.__contains__, islice(keys, start, limit)))
+        return start + len(list(takewhile(self.resident.__contains__, islice(keys, start, limit))))
 
     def count_unreferenced(self, keys: list[int]) -> int:
         """Of these resident keys, how many nobody holds (taking them costs free blocks)."""
         lru = self.lru
         if not lru:
             return 0
-        refcount = self.refcount
-        return len(keys) - sum(1 for k in keys if k in refcount)
+        return len(keys) - sum(map(self.refcount.__contains__, keys))
 
     # -- changes ---------------------------------------------------------------------
     def acquire_cached(self, keys: list[int]) -> None:
         """Take references on resident cached blocks (a prefix hit)."""
         refcount, lru = self.refcount, self.lru
-        taken = 0
-        for key in keys:
-            n = refcount.get(key)
-            if n is None:
-                del lru[key]  # KeyError here means the caller skipped match_prefix
-                refcount[key] = 1
-                taken += 1
-            else:
+        held = list(map(refcount.get, keys, repeat(0)))
+        taken = held.count(0)
+        # Bulk paths for the usual cases (all unheld, or all held by others); a request's
+        # keys are distinct (a chain key includes its position).
+        if taken == len(keys):
+            deque(map(lru.pop, keys), maxlen=0)  # KeyError: the caller skipped match_prefix
+            refcount.update(dict.fromkeys(keys, 1))
+        elif taken == 0:
+            refcount.update(zip(keys, map((1).__add__, held)))
+        else:
+            for key, n in zip(keys, held):
+                if n == 0:
+                    del lru[key]
                 refcount[key] = n + 1
         self.in_use += taken
 
@@ -80,9 +111,11 @@ class BlockPool:
             raise OutOfBlocks(n)
         evict = n - (self.num_blocks - self.in_use - len(self.lru))
         if evict > 0:
-            pop, resident = self.lru.popitem, self.resident
-            for _ in range(evict):
-                resident.discard(pop(last=False)[0])
+            lru = self.lru
+            gone = list(islice(lru, evict))  # the oldest first
+            deque(map(lru.pop, gone), maxlen=0)
+            self.resident.difference_update(gone)
+            self._evicted.extend(gone)
             self.evictions += evict
         self.in_use += n
 
@@ -92,7 +125,7 @@ class BlockPool:
         if not self.caching:
             return []
         resident = self.resident
-        new = [k for k in keys if k not in resident]
+        new = list(filterfalse(resident.__contains__, keys))
         self.refcount.update(dict.fromkeys(new, 1))
         resident.update(new)
         self.promotions += len(new)
@@ -101,14 +134,19 @@ class BlockPool:
     def release(self, cached_keys: list[int], private: int) -> None:
         """Return a request's blocks; deepest first, so its tail is evicted before its head."""
         refcount = self.refcount
-        unheld = []
-        for key in reversed(cached_keys):
-            n = refcount[key] - 1
-            if n:
-                refcount[key] = n
-            else:
-                del refcount[key]
-                unheld.append(key)
+        keys = cached_keys[::-1]
+        held = list(map(refcount.__getitem__, keys))
+        if held.count(1) == len(held):  # the usual case: nobody else holds any of them
+            deque(map(refcount.pop, keys), maxlen=0)
+            unheld = keys
+        else:
+            unheld = []
+            for key, n in zip(keys, held):
+                if n > 1:
+                    refcount[key] = n - 1
+                else:
+                    del refcount[key]
+                    unheld.append(key)
         self.lru.update(dict.fromkeys(unheld))
         self.in_use -= len(unheld) + private
         if self.in_use < 0:
@@ -118,7 +156,13 @@ class BlockPool:
         """Drop every unreferenced cached block (an engine restart empties HBM)."""
         self.evictions += len(self.lru)
         self.resident.difference_update(self.lru)
+        self._evicted.extend(self.lru)
         self.lru.clear()
+
+    def evicted_since(self, evictions: int) -> list[int] | None:
+        """The keys evicted after the pool's eviction count was `evictions` (None if that is
+        too long ago to tell)."""
+        return self._evicted.since(evictions)
 
     def check(self) -> None:
         if not (0 <= self.in_use <= self.num_blocks):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from enum import Enum
+from itertools import islice
 
 
 class State(Enum):
@@ -46,7 +47,7 @@ class Request:
         "on_saved",
         "handed_off",
         "blocked_at",
-        "blocked_names",
+        "_names",
     )
 
     def __init__(self, req_id: int, prompt_tokens: int, output_tokens: int, keys: list[int], arrival: float,
@@ -85,7 +86,21 @@ class Request:
         self.on_saved = None  # callback(request) when its last save lands (disaggregation)
         self.handed_off = False  # moved from a prefill instance to a decode instance
         self.blocked_at = None  # what the pool and tier looked like when admission last failed
-        self.blocked_names: set | None = None  # tier chunks its failed lookup matched
+        self._names: dict[tuple[int, int], set[int]] | None = None  # see matched_names
+
+    def matched_names(self, blocks: int, chunk_blocks: int) -> set[int]:
+        """The names of the first `blocks` blocks in chunks of `chunk_blocks` (a chunk is
+        named by its last block's key), kept while the probe matches that much."""
+        cache = self._names
+        if cache is None:
+            cache = self._names = {}
+        names = cache.get((blocks, chunk_blocks))
+        if names is None:
+            if len(cache) >= 4:
+                cache.clear()
+            c = chunk_blocks
+            names = cache[(blocks, chunk_blocks)] = set(islice(self.keys, c - 1, blocks, c))
+        return names
 
     @property
     def known_tokens(self) -> int:

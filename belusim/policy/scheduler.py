@@ -30,6 +30,14 @@ def blocks_for(tokens: int, block_size: int) -> int:
     return -(-tokens // block_size)
 
 
+def _lost_a_key(evicted: list[int] | None, matched: set[int]) -> bool:
+    """Did an eviction take one of these matched keys? (None: too long ago to tell.) When
+    more was evicted than matched, walking again is as cheap as checking."""
+    if evicted is None or len(evicted) > 2 * len(matched):
+        return True
+    return not matched.isdisjoint(evicted)
+
+
 @dataclass(slots=True)
 class Load:
     request: Request
@@ -165,7 +173,6 @@ class Scheduler:
                     break  # nothing that could let it in has changed since it last failed
                 if not self._lookup(req, plan):
                     req.blocked_at = self._blocking_state()
-                    req.blocked_names = None
                     break  # its hit and first chunk do not fit yet
                 req.blocked_at = None
                 if req.state is State.LOADING:  # an async load started; others may still fit
@@ -211,10 +218,15 @@ class Scheduler:
         # At least one prompt token is always computed, so the last full block may not count.
         limit = min((req.known_tokens - 1) // bs, len(req.keys))
         tier = self.tier
+        # Resume from the last probe's matches unless one of their own keys was evicted since.
         p_hbm, p_tier, p_pool_ev, p_tier_ev = req.probe
+        if p_hbm and p_pool_ev != pool.evictions and _lost_a_key(
+                pool.evicted_since(p_pool_ev), req.matched_names(p_hbm, 1)):
+            p_hbm = 0
         tier_ev = tier.evictions if tier is not None else 0
-        if p_pool_ev != pool.evictions or p_tier_ev != tier_ev:
-            p_hbm = p_tier = 0
+        if p_tier and p_tier_ev != tier_ev and _lost_a_key(
+                tier.evicted_since(p_tier_ev), req.matched_names(p_tier, tier.chunk_blocks)):
+            p_tier = 0
         hbm = pool.match_prefix(req.keys, limit, min(p_hbm, limit))
         tier_blocks = 0
         if tier is not None:
@@ -224,12 +236,15 @@ class Scheduler:
             tier_blocks = tier.match(req.keys, limit, min(p_tier, limit))
         req.probe = (hbm, tier_blocks, pool.evictions, tier_ev)
         ext = max(0, tier_blocks - hbm)
-        hit_keys = req.keys[:hbm]
-        from_lru = pool.count_unreferenced(hit_keys)  # hits nobody holds cost a free block
         computed = (hbm + ext) * bs
         first = 0 if (ext and self.load_mode == "async") else min(req.known_tokens - computed, self.budget)
-        need = from_lru + blocks_for(computed + first, bs) - hbm
-        if need > pool.free:
+        need = blocks_for(computed + first, bs) - hbm
+        free = pool.free
+        if need > free:
+            return False  # even if every hit were held by others
+        hit_keys = req.keys[:hbm]
+        # hits nobody holds cost a free block each; count them only if that can decide
+        if need + hbm > free and need + pool.count_unreferenced(hit_keys) > free:
             return False
         pool.acquire_cached(hit_keys)
         req.cached_keys = list(hit_keys)
@@ -283,9 +298,7 @@ class Scheduler:
         if nxt <= len(head.keys) and head.keys[nxt - 1] in set(saved):
             return True
         if evicted and matched:
-            if head.blocked_names is None:
-                head.blocked_names = set(head.keys[c - 1:matched:c])
-            return any(k in head.blocked_names for k in evicted)
+            return not head.matched_names(matched, c).isdisjoint(evicted)
         return False
 
     def _release_waiting(self, req: Request) -> None:

@@ -8,8 +8,10 @@ its last block, which identifies the whole prefix up to it. A chunk being writte
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from itertools import islice, takewhile
+
+from belusim.policy.blocks import EvictionLog
 
 
 class TierIndex:
@@ -25,6 +27,7 @@ class TierIndex:
         self.inserted = 0
         self.lookups = 0
         self.hit_chunks = 0
+        self._evicted = EvictionLog()
 
     def chunk_keys(self, block_keys: list[int], first_chunk: int, last_chunk: int) -> list[int]:
         c = self.chunk_blocks
@@ -40,14 +43,13 @@ class TierIndex:
             return n_chunks * c
         # a chunk is named by its last block's key: positions c-1, 2c-1, ...
         names = islice(block_keys, i * c + c - 1, n_chunks * c, c)
-        return (i + sum(1 for _ in takewhile(self.chunks.__contains__, names))) * c
+        return (i + len(list(takewhile(self.chunks.__contains__, names)))) * c
 
     def touch(self, block_keys: list[int], first_block: int, n_blocks: int) -> None:
         """Mark the chunks of a hit as recently used (once, when the hit is taken)."""
         c = self.chunk_blocks
-        move = self.chunks.move_to_end
-        for i in range(first_block // c, (first_block + n_blocks) // c):
-            move(block_keys[(i + 1) * c - 1])
+        first, end = first_block // c, (first_block + n_blocks) // c
+        deque(map(self.chunks.move_to_end, islice(block_keys, first * c + c - 1, end * c, c)), maxlen=0)
         self.hit_chunks += n_blocks // c
 
     def wanted(self, block_keys: list[int], upto_blocks: int, from_chunk: int) -> list[int]:
@@ -55,7 +57,7 @@ class TierIndex:
         c, chunks, pending = self.chunk_blocks, self.chunks, self.pending
         first, end = from_chunk, upto_blocks // c
         names = block_keys[first * c + c - 1:end * c:c]
-        if not pending and not any(map(chunks.__contains__, names)):
+        if not any(map(chunks.__contains__, names)) and pending.isdisjoint(names):
             return list(range(first, end))  # the usual case: nothing of it stored yet
         return [first + j for j, k in enumerate(names) if k not in chunks and k not in pending]
 
@@ -72,10 +74,16 @@ class TierIndex:
         over = len(chunks) - self.capacity
         if over <= 0:
             return []
-        pop = chunks.popitem
-        evicted = [pop(last=False)[0] for _ in range(over)]
+        evicted = list(islice(chunks, over))  # the least recently used first
+        deque(map(chunks.pop, evicted), maxlen=0)
         self.evictions += over
+        self._evicted.extend(evicted)
         return evicted
+
+    def evicted_since(self, evictions: int) -> list[int] | None:
+        """The chunk names evicted after the tier's eviction count was `evictions` (None if
+        that is too long ago to tell)."""
+        return self._evicted.since(evictions)
 
     def check(self) -> None:
         if len(self.chunks) > self.capacity:
