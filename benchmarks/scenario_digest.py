@@ -56,16 +56,18 @@ def digest_rows(rows) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="shrink workloads (see above)")
-    ap.add_argument("--only", default="", help="run only cases whose label contains this")
+    ap.add_argument("--only", default="", help="run only cases whose label contains one of these (comma-separated)")
     ap.add_argument("--set", action="append", default=[], help="path=value overrides for every case")
     args = ap.parse_args()
     for label, path, overrides, systems, small in cases(args.quick):
-        if args.only not in label:
+        if args.only and not any(part in label for part in args.only.split(",")):
             continue
         overrides = overrides + [s for s in args.set if s.split("=")[0].split(".")[0] != "workload"]
         sc, _ = resolve_scenario(path, overrides)
         extra = small.get(sc.workload.kind, []) if args.quick else []
-        extra += [s for s in args.set if s.startswith("workload.")]
+        # a workload override applies where the case's workload has that field (a trace path)
+        extra += [s for s in args.set if s.startswith("workload.")
+                  and s.split("=")[0].split(".")[1] in type(sc.workload).model_fields]
         sc, _ = resolve_scenario(path, overrides + extra)
         for system in sc.systems:
             if systems and system.name not in systems:

@@ -81,11 +81,11 @@ def main() -> None:
         "requests": s["requests"],
         "completed": s["completed"],
         "rejected": s["rejected"],
-        "events": run.events,
+        "events": getattr(run, "events", None),  # absent before SystemRun counted them
         "steps": run.steps,
         "step_events": run.step_events,
         "real_time_factor_cpu": round(run.sim_s / cpu, 1),
-        "cpu_us_per_event": round(cpu / max(run.events, 1) * 1e6, 2),
+        "cpu_us_per_event": round(cpu / run.events * 1e6, 2) if getattr(run, "events", 0) else None,
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "bare_simpy_us_per_event": round(bare_simpy_us_per_event(), 3),
         "ttft_mean_s": s["ttft_mean_s"],
