@@ -14,6 +14,7 @@ from rich.table import Table
 
 from belusim.config.lookup import find_scenario
 from belusim.config.scenario import ConfigError, Scenario, resolve_scenario
+from belusim.errors import CheckFailed
 from belusim.outputs import check_output_file
 from belusim.paths import scenarios_dir
 
@@ -57,8 +58,13 @@ def load(name: str | None, overrides: list[str], calibration: str | None = None)
     return sc, resolved
 
 
-def _fail(msg: str) -> None:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, markup=True)
+def _fail(e: str | BaseException) -> None:
+    """Exit 3 with `belusim: check failed: ...` when an end-of-run check failed (a bug, not
+    the user's input); otherwise exit 2 with the error (bad input: file, field, option)."""
+    if isinstance(e, CheckFailed):
+        err.print(f"belusim: check failed: {e}", highlight=False, markup=False)
+        raise typer.Exit(3)
+    err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
     raise typer.Exit(2)
 
 
@@ -133,7 +139,7 @@ def run(
         progress = None if quiet else (lambda msg: err.print(f"[dim]{msg}[/]"))
         report = run_scenario(sc, resolved, names, out, progress, goodput=slo)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
-        _fail(str(e))
+        _fail(e)
     if as_json:
         keep = ("schema_version", "scenario", "goodput", "results")
         sys.stdout.write(json.dumps(json_safe({k: report[k] for k in keep})) + "\n")
@@ -176,7 +182,7 @@ def compare(
         report = run_scenario(sc, resolved, names, None, progress, goodput=slo)
         rows = compare_rows(report, base)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
-        _fail(str(e))
+        _fail(e)
     if out is not None:
         write_table(rows, out)
     if as_json:
@@ -226,7 +232,7 @@ def sweep(
         with _points_progress(quiet) as (on_start, on_result):
             res = run_sweep(study, set_, out, None, extra, workers, scheduler, restart, on_start, on_result)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
-        _fail(str(e))
+        _fail(e)
     if as_json:
         sys.stdout.write(json.dumps(json_safe({k: v for k, v in res.items() if k != "details"})) + "\n")
         return
@@ -339,7 +345,7 @@ def plan(
 
             plan_report(res, report)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError, OSError) as e:
-        _fail(str(e))
+        _fail(e)
     if as_json:
         sys.stdout.write(json.dumps(json_safe(res)) + "\n")
         return
@@ -389,7 +395,7 @@ def show(
     try:
         _sc, resolved = load(scenario, set_, calibration)
     except ConfigError as e:
-        _fail(str(e))
+        _fail(e)
     sys.stdout.write(yaml.safe_dump(resolved, sort_keys=False))
 
 
@@ -409,7 +415,7 @@ def cards(
             try:
                 card = load_card(k, cid)
             except ConfigError as e:
-                _fail(str(e))
+                _fail(e)
             rows = card.figure_rows()
             if markdown:
                 sys.stdout.write(f"\n### {k}/{cid}\n\n{card.description}\n\n| field | value | source |\n|---|---|---|\n")

@@ -7,7 +7,6 @@ request and checking conservation at the end.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -15,6 +14,7 @@ import simpy
 
 from belusim.compute.roofline import ComputeModel
 from belusim.config.scenario import GB, Scenario, SystemConfig
+from belusim.errors import CheckFailed
 from belusim.sim.engine import Instance
 from belusim.transport.kvpath import KVPaths
 from belusim.report.metrics import Recorder, itl_samples, summarize
@@ -147,6 +147,11 @@ class Cluster:
         self.submitted = 0
         self.completed = 0
         self.rejected = 0
+        # id() of each request admitted and not yet recorded: a second record of one is caught
+        # (the request is alive while it is recorded, so its id cannot have been reused)
+        self._unrecorded: set[int] = set()
+        self.records = 0
+        self.recorded_twice: list[str] = []
 
     # -- requests ----------------------------------------------------------------------
     def _finished(self, req: Request) -> None:
@@ -163,13 +168,21 @@ class Cluster:
         self.end_time = max(self.end_time, self.env.now)
         itl = (itl_samples(self.instances[req.instance].step_ends, req)
                if req.state is State.FINISHED else None)
-        self.recorder.record(self.system.name, req, itl)
+        self._record(req, itl)
         cb = req.on_finish
         if cb is not None:
             cb(req)
         self._phase_left -= 1
         if self._phase_left == 0 and self._phase_done is not None:
             self._phase_done.succeed()
+
+    def _record(self, req: Request, itl=None) -> None:
+        if id(req) in self._unrecorded:
+            self._unrecorded.discard(id(req))
+        else:
+            self.recorded_twice.append(f"{req.phase}/{req.req_id}")
+        self.records += 1
+        self.recorder.record(self.system.name, req, itl)
 
     def _hand_off(self, req: Request) -> None:
         tier = self.instances[req.instance].sched.tier
@@ -188,6 +201,7 @@ class Cluster:
         req = Request(spec.req_id, spec.prompt_tokens, spec.output_tokens, keys, self.env.now, phase)
         req.on_finish = on_finish
         self.submitted += 1
+        self._unrecorded.add(id(req))
         inst = self.entry[self.router.choose(req)]
         idx = inst.index
         req.prefill_only = self.disaggregated
@@ -274,7 +288,7 @@ class Cluster:
             # Report what could not be served instead of dropping it.
             for req in list(self._live.values()):
                 if req.phase == phase:
-                    self.recorder.record(self.system.name, req)
+                    self._record(req)
             raise SimulationError(
                 f"phase {phase!r} did not finish within max_sim_time_s={max_time:g}: "
                 f"{self._phase_left} requests outstanding"
@@ -289,7 +303,14 @@ class Cluster:
         event by event stops before the phases' unused deadline timers."""
         env = self.env
         while self.paths.fabric.active_flows or any(i.pending_saves for i in self.instances):
-            env.step()
+            try:
+                env.step()
+            except simpy.core.EmptySchedule:
+                stuck = {i.index: i.pending_saves for i in self.instances if i.pending_saves}
+                raise CheckFailed(
+                    f"system {self.system.name!r}: saves that never complete: nothing left to simulate "
+                    f"but {sum(stuck.values())} saves are still pending (instance: saves {stuck}), "
+                    f"{self.paths.fabric.active_flows} flows active") from None
         self.end_time = max(self.end_time, env.now)
 
     @property
@@ -299,32 +320,39 @@ class Cluster:
         return next(self.env._eid)
 
     def check(self) -> dict:
-        """Conservation at the end of a run."""
+        """Conservation at the end of a run; a failure raises CheckFailed saying what and by how much."""
+        problems: list[str] = []
         for inst in self.instances:
-            inst.sched.check()
+            try:
+                inst.sched.check()
+            except AssertionError as e:
+                problems.append(f"instance {inst.index}: {e}")
             if inst.sched.running or inst.sched.waiting:
-                raise AssertionError(f"instance {inst.index} still holds requests")
+                problems.append(f"instance {inst.index} still holds requests")
             if inst.pending_saves:
-                raise AssertionError(f"instance {inst.index} has {inst.pending_saves} saves in flight")
+                problems.append(f"instance {inst.index} has {inst.pending_saves} saves in flight")
             if inst.sched.held:
-                raise AssertionError(f"instance {inst.index}: {len(inst.sched.held)} finished requests "
-                                     "still hold blocks for saves that never landed")
+                problems.append(f"instance {inst.index}: {len(inst.sched.held)} finished requests "
+                                "still hold blocks for saves that never landed")
         for tier in self.tiers:
-            tier.check()
-        self.paths.stages.check()
-        for place in self.paths.places:
-            t = place.connector_thread
-            if t.count or t.queue:
-                raise AssertionError(f"{place.name}: a connector thread is still busy or queued at the end")
+            try:
+                tier.check()
+            except AssertionError as e:
+                problems.append(str(e))
         f = self.paths.fabric
-        if f.active_flows or f.flows_started != f.flows_finished:
-            raise AssertionError("flows still active at the end")
-        if not math.isclose(f.bytes_requested, f.bytes_delivered, rel_tol=1e-9, abs_tol=1.0):
-            raise AssertionError(f"bytes requested {f.bytes_requested} != delivered {f.bytes_delivered}")
+        problems += f.conservation_problems()
         if self._live:
-            raise AssertionError(f"{len(self._live)} requests neither finished nor reported")
+            problems.append(f"{len(self._live)} requests neither finished nor reported")
         if self.submitted != self.completed + self.rejected:
-            raise AssertionError("requests submitted != finished + rejected")
+            problems.append(f"requests submitted ({self.submitted}) != finished ({self.completed}) "
+                            f"+ rejected ({self.rejected})")
+        if self.recorded_twice:
+            problems.append(f"{len(self.recorded_twice)} requests recorded twice or never admitted "
+                            f"(e.g. {', '.join(self.recorded_twice[:3])})")
+        if self.records != self.submitted:
+            problems.append(f"{self.records} request records for {self.submitted} requests admitted")
+        if problems:
+            raise CheckFailed(f"system {self.system.name!r}: " + "; ".join(problems))
         st = self.paths.stats
         moved = st.load_bytes + st.save_bytes
         return {
@@ -334,6 +362,7 @@ class Cluster:
             "kv_blocks_in_use_at_end": sum(i.sched.pool.in_use for i in self.instances),
             "bytes_requested": f.bytes_requested,
             "bytes_delivered": f.bytes_delivered,
+            "bytes_moved": f.bytes_moved,
             "tier_bytes_moved": moved,
         }
 

@@ -52,8 +52,10 @@ class Fabric:
         self._active: list[Flow] = []
         self._last_update = 0.0
         self._generation = 0
-        self.bytes_requested = 0.0
-        self.bytes_delivered = 0.0
+        self.bytes_requested = 0.0  # asked of flow()
+        self.bytes_delivered = 0.0  # the sizes of the flows that finished
+        self.bytes_moved = 0.0  # rate integrated over time: what the links really carried
+        self.max_residual = 0.0  # the most bytes a flow had left when called done (float drift)
         self.flows_started = 0
         self.flows_finished = 0
 
@@ -105,6 +107,7 @@ class Fabric:
         for f in self._active:
             moved = f.rate * dt
             f.remaining -= moved
+            self.bytes_moved += moved
             for link in f.links:
                 link.bytes_carried += moved
 
@@ -138,6 +141,7 @@ class Fabric:
                     if not link.flows:
                         link.busy_time += now - link._busy_since
                 self.bytes_delivered += f.nbytes
+                self.max_residual = max(self.max_residual, f.remaining)
                 self.flows_finished += 1
                 f.remaining = 0.0
                 f.done.succeed(now - f.started)
@@ -181,6 +185,23 @@ class Fabric:
             unfrozen.difference_update(frozen)
 
     # -- accounting ----------------------------------------------------------------
+    def conservation_problems(self) -> list[str]:
+        """What does not add up at the end of a run: every flow finished, and the bytes the
+        rates moved over time equal the bytes asked (up to float drift per flow)."""
+        out = []
+        if self._active or self.flows_started != self.flows_finished:
+            out.append(f"{len(self._active)} flows still active at the end "
+                       f"({self.flows_started} started, {self.flows_finished} finished)")
+        if not math.isclose(self.bytes_requested, self.bytes_delivered, rel_tol=1e-9, abs_tol=1.0):
+            out.append(f"bytes requested {self.bytes_requested:.0f} != bytes of finished flows "
+                       f"{self.bytes_delivered:.0f}")
+        # each finished flow may be called done with up to max(_EPS_BYTES, rate x 1 ps) left
+        slack = self.flows_finished * max(_EPS_BYTES, self.max_residual) + 1e-9 * self.bytes_requested
+        if abs(self.bytes_requested - self.bytes_moved) > slack + 1.0:
+            out.append(f"bytes moved (rates integrated over time) {self.bytes_moved:.0f} != bytes requested "
+                       f"{self.bytes_requested:.0f}: {self.bytes_requested - self.bytes_moved:.0f} bytes never moved")
+        return out
+
     @property
     def active_flows(self) -> int:
         return len(self._active)
