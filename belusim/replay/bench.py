@@ -1,0 +1,77 @@
+"""Microbenchmark of the CUDA replay's own step: one engine step of a given composition,
+timed on the GPU (wall time, synchronized), beside the compute model's step time for it.
+
+    python -m belusim.replay.bench SCENARIO [--calibration PROFILE] [--set k=v]... [--out FILE]
+
+It places a miss of `belusim validate` on a component: the decode path (weights, KV read,
+the gather of the context from the paged cache), the prefill path, or the fixed cost of a
+step (kernel launches, Python), without using any replay's end-to-end result.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from types import SimpleNamespace
+
+
+def main(argv: list[str]) -> None:
+    import argparse
+
+    from belusim.compute.roofline import ComputeModel
+    from belusim.config.scenario import resolve_scenario
+    from belusim.replay.cuda import CudaBackend
+    from belusim.replay.pool import PoolSpec
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("scenario")
+    ap.add_argument("--calibration")
+    ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--out")
+    a = ap.parse_args(argv)
+    sc, _ = resolve_scenario(a.scenario, a.set, a.calibration)
+    system = sc.systems[0].model_copy(update={"kv": sc.systems[0].kv.model_copy(update={"kind": "hbm-only"})})
+    nblocks = sc.engine.kv_blocks
+    be = CudaBackend(sc, system, nblocks, PoolSpec())
+    cm = ComputeModel.build(sc.model, sc.gpu, sc.cluster.tensor_parallel, sc.interconnect)
+    bs = sc.engine.block_size
+    rows = []
+    cases = [("decode", 1, 16), ("decode", 1, 1024), ("decode", 1, 16384), ("decode", 1, 65536),
+             ("decode", 8, 16384), ("decode", 32, 4096), ("prefill", 2048, 0), ("prefill", 2048, 16384),
+             ("prefill", 2048, 63488)]
+    for kind, n, ctx in cases:
+        if kind == "decode":
+            per = -(-(ctx + 1) // bs)
+            if per * n > nblocks:
+                continue
+            seqs = [(list(range(i * per, (i + 1) * per)), ctx, 1) for i in range(n)]
+            plan = SimpleNamespace(tokens=n)
+            model = cm.step_time(n, 0.0, n * (ctx + 1), n)
+        else:
+            per = -(-(ctx + n) // bs)
+            if per > nblocks:
+                continue
+            seqs = [(list(range(per)), ctx, n)]
+            plan = SimpleNamespace(tokens=n)
+            model = cm.step_time(n, n * (ctx + n / 2), 0, 1)
+        for _ in range(2):
+            be.compute(seqs, plan)
+        ts = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            be.compute(seqs, plan)
+            ts.append(time.perf_counter() - t0)
+        ts.sort()
+        rows.append({"step": kind, "batch_or_chunk": n, "context": ctx, "measured_ms": 1e3 * ts[2],
+                     "model_ms": 1e3 * model, "model_over_measured": model / ts[2]})
+        print(json.dumps(rows[-1]), flush=True)
+    be.close()
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump({"scenario": sc.name, "model": sc.model.id, "calibration": a.calibration, "rows": rows}, f,
+                      indent=1)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

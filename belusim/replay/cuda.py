@@ -1,0 +1,326 @@
+"""The CUDA backend: real compute and real KV copies on one GPU.
+
+Compute: a transformer of the model card's shape with random bf16 weights made on the GPU
+(nothing downloaded). Every step runs the batch's tokens through every layer: RMSNorm, QKV
+GEMM, the new K/V written into the paged cache, attention, O GEMM, residual, RMSNorm, gated
+MLP, residual; then the LM head on each sequence's last token. Attention is PyTorch's
+scaled_dot_product_attention (FlashAttention/efficient kernels chosen by PyTorch) over each
+sequence's context gathered from the paged cache through its block table: prefill chunks one
+sequence at a time with a lower-right causal mask, decodes batched with queries grouped per
+KV head and a padding mask. The gather is a copy the real paged kernels do not make; its
+cost is part of what the replay measures (no rotary embedding, no q/k norms, no sampling:
+output lengths come from the workload).
+
+KV cache: one bf16 tensor [layers, 2, blocks, block_size, kv_heads, head_dim], so a block is
+2 x layers fragments of block_size x kv_heads x head_dim, the card's layout.
+
+Pool: a host region registered with CUDA (anonymous pinned memory from cudaHostAlloc by
+default; a file or device-DAX window mapped and cudaHostRegister'ed), a block stored as its
+2 x layers fragments back to back. Loads and saves run on their own stream with the system's
+copy method: one gather/scatter kernel per batch of blocks (the calibration probe's kernel,
+8 CTAs of 256 threads, reading and writing the mapped host memory), or one
+cudaMemcpyAsync per fragment. A checksum per block (a position-weighted sum over its words,
+computed on the GPU) is written with every save and checked on every load.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from belusim.config.scenario import GB, Scenario, SystemConfig
+from belusim.replay.emulated import ChecksumError
+from belusim.replay.pool import PoolRegion, PoolSpec
+
+SUM_KERNEL = r"""
+extern "C" __global__ void frag_sum(const unsigned long long* __restrict__ ptrs, const int nfrag,
+                                    const long long words, const int frags_per_block,
+                                    unsigned long long* __restrict__ out) {
+    for (int f = blockIdx.x; f < nfrag; f += gridDim.x) {
+        const unsigned int* p = reinterpret_cast<const unsigned int*>(ptrs[f]);
+        unsigned long long s = 0;
+        for (long long i = threadIdx.x; i < words; i += blockDim.x)
+            s += (unsigned long long)p[i] * (unsigned long long)(i + 1 + (f % frags_per_block) * words);
+        for (int o = 16; o; o >>= 1) s += __shfl_down_sync(0xffffffff, s, o);
+        if ((threadIdx.x & 31) == 0) atomicAdd(&out[f / frags_per_block], s);
+    }
+}
+"""
+COPY_CTAS = 8  # as the calibration probe measured the kernel
+
+
+class CudaBackend:
+    name = "cuda"
+
+    def __init__(self, scenario: Scenario, system: SystemConfig, num_gpu_blocks: int, pool_spec: PoolSpec):
+        try:
+            import cupy as cp
+            import torch
+        except ImportError as e:
+            raise RuntimeError(f"--backend cuda needs PyTorch and CuPy with a CUDA GPU ({e})") from None
+        if not torch.cuda.is_available():
+            raise RuntimeError("--backend cuda: no CUDA GPU visible (use --backend emulated)")
+        from belusim.calibration.gpu import COPY_KERNEL, COPY_THREADS
+
+        self.torch, self.cp = torch, cp
+        m, eng, kv = scenario.model, scenario.engine, system.kv
+        self.m, self.bs = m, eng.block_size
+        self.copy_method = kv.copy_method
+        dev, dt = torch.device("cuda"), torch.bfloat16
+        self.dev, self.dt = dev, dt
+        self.L, self.Hq, self.Hkv, self.D = m.layers, m.q_heads, m.kv_heads, m.head_dim
+        self.qd, self.kvd = m.q_heads * m.head_dim, m.kv_heads * m.head_dim
+        g = torch.Generator(device=dev).manual_seed(scenario.run.seed)
+
+        def w(rows, cols):
+            t = torch.empty(rows, cols, device=dev, dtype=dt)
+            t.normal_(0.0, 1.0 / math.sqrt(rows), generator=g)
+            return t
+
+        h = m.hidden
+        self.layers = [(w(h, self.qd + 2 * self.kvd), w(self.qd, h), w(h, 2 * m.ffn), w(m.ffn, h))
+                       for _ in range(m.layers)]
+        self.ln = torch.ones(h, device=dev, dtype=dt)
+        self.lm_head = w(h, m.vocab)
+        self.x = w(eng.max_num_batched_tokens, h)  # the step's input activations (no embedding lookup)
+        self.num_gpu_blocks = num_gpu_blocks
+        self.kv = torch.empty(m.layers, 2, num_gpu_blocks, self.bs, self.Hkv, self.D, device=dev, dtype=dt)
+        self.kv.normal_(generator=g)
+        self.frag_bytes = self.bs * self.Hkv * self.D * 2
+        self.block_bytes = self.frag_bytes * 2 * m.layers
+        self.fpb = 2 * m.layers
+        self.copy_stream = cp.cuda.Stream(non_blocking=True)
+        self.copy_kernel = cp.RawKernel(COPY_KERNEL, "frag_copy")
+        self.copy_threads = COPY_THREADS
+        self.sum_kernel = cp.RawKernel(SUM_KERNEL, "frag_sum")
+        # fragment addresses of GPU block b: base + ((l*2 + kv) * NB + b) * frag_bytes
+        self.kv_base = self.kv.data_ptr()
+        lk = np.arange(self.fpb, dtype=np.uint64)  # l*2 + kv, in the pool's order
+        self._gpu_frag_off = lk * np.uint64(num_gpu_blocks * self.frag_bytes)
+        self.pool = None
+        self.num_pool_chunks = 0
+        self._host_ptr = None
+        self.chunk_blocks = max(1, kv.chunk_tokens // self.bs)
+        self.info = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
+                     "attention": "torch sdpa over K/V gathered from the paged cache",
+                     "copy_method": self.copy_method}
+        if kv.kind != "hbm-only":
+            if kv.kind != "local-dram":
+                raise RuntimeError(f"--backend cuda replays host-memory pools (local-dram); system {system.name!r} "
+                                   f"is {kv.kind}")
+            chunk_bytes = m.kv_bytes_per_token * kv.chunk_tokens
+            cap = int(kv.capacity_gb * GB // chunk_bytes)
+            self.num_pool_chunks = cap + 1024
+            nbytes = self.num_pool_chunks * self.chunk_blocks * self.block_bytes
+            t0 = time.perf_counter()
+            if pool_spec.kind == "anon":
+                self._host_ptr = cp.cuda.runtime.hostAlloc(nbytes, 3)  # portable | mapped
+                self.pool_base = self._host_ptr
+                self.info["pool"] = f"anonymous pinned host memory (cudaHostAlloc mapped), {nbytes / GB:.1f} GB"
+            else:
+                self.pool = PoolRegion(pool_spec, nbytes)
+                ptr = self.pool.array.ctypes.data
+                cp.cuda.runtime.hostRegister(ptr, nbytes, 3)  # portable | mapped
+                self.pool_base = ptr
+                self.info["pool"] = f"{pool_spec.kind} window registered with CUDA: {self.pool.info}"
+            self.info["pool_setup_s"] = time.perf_counter() - t0
+            self.pool_sums = cp.zeros(self.num_pool_chunks * self.chunk_blocks, dtype=cp.uint64)
+        self._warm_up()
+        torch.cuda.synchronize()
+        self.description = (f"cuda: {self.info['gpu']}, random-weight {m.id} shape in bf16, "
+                            f"{self.info['attention']}; KV copies by {self.copy_method}")
+
+    def _warm_up(self) -> None:
+        """Run each kind of step and transfer once before the clock starts: the first call
+        of a kernel pays for its loading and autotuning, which serving engines do at start."""
+        from types import SimpleNamespace
+
+        nb = min(self.num_gpu_blocks, 2 * (self.x.shape[0] // self.bs) + 4)
+        n = min(self.x.shape[0], (nb // 2) * self.bs)
+        half = list(range(nb // 2))
+        other = list(range(nb // 2, nb))
+        for seqs in ([(half, 0, n)], [(half, n - self.bs, self.bs)], [(half, n - 1, 1)],
+                     [(half, n - 1, 1), (other, n // 2, 1)], [(half, n - 1, 1), (other, 0, n // 2)]):
+            self.compute(seqs, SimpleNamespace(tokens=sum(k for _t, _c, k in seqs)))
+        if self.num_pool_chunks:
+            h = self.save([0], [0], 1)
+            self.wait(h)
+            h = self.load([1], [0], 1)
+            self.wait(h)
+            self.verify_load(h)
+            self.pool_sums.fill(0)
+        self.sync()
+
+    # -- compute ----------------------------------------------------------------------------
+    def _token_slots(self, table, upto: int) -> np.ndarray:
+        t = np.asarray(table, dtype=np.int64)
+        s = (t[:, None] * self.bs + np.arange(self.bs)[None, :]).reshape(-1)
+        return s[:upto]
+
+    def compute(self, seqs, plan) -> None:
+        torch, F = self.torch, self.torch.nn.functional
+        from torch.nn.attention.bias import causal_lower_right
+
+        T = plan.tokens
+        x = self.x[:T]
+        write_slots, prefills, decodes = [], [], []
+        off = 0
+        for table, ctx, n in seqs:
+            slots = self._token_slots(table, ctx + n)
+            write_slots.append(slots[ctx:])
+            if n == 1 and ctx > 0:
+                decodes.append((off, slots))
+            else:
+                prefills.append((off, ctx, n, slots))
+            off += n
+        dev = self.dev
+        wslots = torch.from_numpy(np.concatenate(write_slots)).to(dev, non_blocking=True)
+        pre = [(o, c, n, torch.from_numpy(s).to(dev, non_blocking=True)) for o, c, n, s in prefills]
+        if decodes:
+            B, S = len(decodes), max(len(s) for _o, s in decodes)
+            idx = np.zeros((B, S), dtype=np.int64)
+            mask = np.zeros((B, 1, 1, S), dtype=bool)
+            for i, (_o, s) in enumerate(decodes):
+                idx[i, :len(s)] = s
+                mask[i, 0, 0, :len(s)] = True
+            didx = torch.from_numpy(idx).to(dev, non_blocking=True)
+            same = all(len(s) == S for _o, s in decodes)  # no padding: no mask, the fast kernels
+            dmask = None if same else torch.from_numpy(mask).to(dev, non_blocking=True)
+            drows = torch.tensor([o for o, _s in decodes], device=dev)
+        Hq, Hkv, D, qd, kvd = self.Hq, self.Hkv, self.D, self.qd, self.kvd
+        grp = Hq // Hkv
+        nb = self.num_gpu_blocks * self.bs
+        for li, (wqkv, wo, wgu, wd) in enumerate(self.layers):
+            h = F.rms_norm(x, (x.shape[-1],), self.ln, 1e-6)
+            q, k, v = (h @ wqkv).split([qd, kvd, kvd], dim=-1)
+            kc = self.kv[li, 0].view(nb, Hkv, D)
+            vc = self.kv[li, 1].view(nb, Hkv, D)
+            kc.index_copy_(0, wslots, k.reshape(T, Hkv, D))
+            vc.index_copy_(0, wslots, v.reshape(T, Hkv, D))
+            attn = torch.empty(T, qd, device=dev, dtype=self.dt)
+            for o, c, n, s in pre:
+                S = c + n
+                kk = kc.index_select(0, s).transpose(0, 1).unsqueeze(0)
+                vv = vc.index_select(0, s).transpose(0, 1).unsqueeze(0)
+                qq = q[o:o + n].reshape(n, Hq, D).transpose(0, 1).unsqueeze(0)
+                if c == 0:
+                    a = F.scaled_dot_product_attention(qq, kk, vv, is_causal=True, enable_gqa=True)
+                else:
+                    a = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=causal_lower_right(n, S), enable_gqa=True)
+                attn[o:o + n] = a[0].transpose(0, 1).reshape(n, qd)
+            if decodes:
+                kk = kc[didx].transpose(1, 2)  # [B, Hkv, S, D]
+                vv = vc[didx].transpose(1, 2)
+                qq = q.index_select(0, drows).view(len(decodes), Hkv, grp, D)
+                a = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=dmask)
+                attn.index_copy_(0, drows, a.reshape(len(decodes), qd))
+            x2 = x + attn @ wo
+            h2 = F.rms_norm(x2, (x2.shape[-1],), self.ln, 1e-6)
+            gate, up = (h2 @ wgu).chunk(2, dim=-1)
+            x = x2 + (F.silu(gate) * up) @ wd
+        last = torch.from_numpy(np.cumsum([n for _t, _c, n in seqs]) - 1).to(dev)
+        logits = x.index_select(0, last) @ self.lm_head
+        logits.argmax(dim=-1)
+        torch.cuda.synchronize()
+
+    # -- transfers --------------------------------------------------------------------------
+    def _gpu_frags(self, blocks) -> np.ndarray:
+        b = np.asarray(blocks, dtype=np.uint64)
+        return (np.uint64(self.kv_base) + self._gpu_frag_off[None, :]
+                + b[:, None] * np.uint64(self.frag_bytes)).reshape(-1)
+
+    def _pool_frags(self, rows) -> np.ndarray:
+        r = np.asarray(rows, dtype=np.uint64)
+        return (np.uint64(self.pool_base) + r[:, None] * np.uint64(self.block_bytes)
+                + np.arange(self.fpb, dtype=np.uint64)[None, :] * np.uint64(self.frag_bytes)).reshape(-1)
+
+    def _rows(self, slots, chunk_blocks, n):
+        return [s * chunk_blocks + j for s in slots for j in range(chunk_blocks)][:n]
+
+    def _copy(self, src: np.ndarray, dst: np.ndarray, direction: str):
+        cp, st = self.cp, self.copy_stream
+        if self.copy_method == "gather-kernel":
+            with st:
+                s = cp.asarray(src)
+                d = cp.asarray(dst)
+            self.copy_kernel((COPY_CTAS,), (self.copy_threads,),
+                             (s, d, np.int32(len(src)), np.int64(self.frag_bytes // 16)), stream=st)
+            return (s, d)
+        kind = cp.cuda.runtime.memcpyHostToDevice if direction == "load" else cp.cuda.runtime.memcpyDeviceToHost
+        for a, b in zip(src.tolist(), dst.tolist()):
+            cp.cuda.runtime.memcpyAsync(b, a, self.frag_bytes, kind, st.ptr)
+        return None
+
+    def _sums(self, gpu_frags: np.ndarray, nblocks: int):
+        cp, st = self.cp, self.copy_stream
+        with st:
+            p = cp.asarray(gpu_frags)
+            out = cp.zeros(nblocks, dtype=cp.uint64)
+        self.sum_kernel((264,), (256,), (p, np.int32(len(gpu_frags)), np.int64(self.frag_bytes // 4),
+                                         np.int32(self.fpb), out), stream=st)
+        return out, p
+
+    def load(self, gpu_blocks, slots, chunk_blocks):
+        rows = self._rows(slots, chunk_blocks, len(gpu_blocks))
+        g = self._gpu_frags(gpu_blocks)
+        keep = self._copy(self._pool_frags(rows), g, "load")
+        sums, p = self._sums(g, len(gpu_blocks))
+        ev = self.cp.cuda.Event(block=False, disable_timing=True)
+        ev.record(self.copy_stream)
+        return {"ev": ev, "rows": rows, "sums": sums, "keep": (keep, p), "n": len(gpu_blocks)}
+
+    def save(self, gpu_blocks, slots, chunk_blocks):
+        rows = self._rows(slots, chunk_blocks, len(gpu_blocks))
+        g = self._gpu_frags(gpu_blocks)
+        keep = self._copy(g, self._pool_frags(rows), "store")
+        sums, p = self._sums(g, len(gpu_blocks))
+        with self.copy_stream:
+            self.pool_sums[self.cp.asarray(np.asarray(rows, dtype=np.int64))] = sums
+        ev = self.cp.cuda.Event(block=False, disable_timing=True)
+        ev.record(self.copy_stream)
+        return {"ev": ev, "keep": (keep, p, sums)}
+
+    def done(self, h) -> bool:
+        return h["ev"].done
+
+    def wait(self, h) -> None:
+        while not h["ev"].done:
+            pass
+
+    def verify_load(self, h) -> int:
+        cp = self.cp
+        want = self.pool_sums[cp.asarray(np.asarray(h["rows"], dtype=np.int64))]
+        bad = cp.nonzero(want != h["sums"])[0]
+        if bad.size:
+            i = int(bad[0])
+            raise ChecksumError(f"KV block read back from pool row {h['rows'][i]} fails its checksum "
+                                f"(written {int(want[i])}, read {int(h['sums'][i])}); {int(bad.size)} of {h['n']} "
+                                "blocks of this load differ")
+        return h["n"]
+
+    def finish_save(self, h) -> None:
+        pass
+
+    def sync(self) -> None:
+        self.copy_stream.synchronize()
+        self.torch.cuda.synchronize()
+
+    def close(self) -> None:
+        try:
+            self.sync()
+        except Exception:
+            pass
+        cp = self.cp
+        if self._host_ptr is not None:
+            cp.cuda.runtime.freeHost(self._host_ptr)
+            self._host_ptr = None
+        if self.pool is not None:
+            try:
+                cp.cuda.runtime.hostUnregister(self.pool.array.ctypes.data)
+            except Exception:
+                pass
+            self.pool.close()
+        self.layers = self.kv = None
+        self.torch.cuda.empty_cache()
