@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from belusim.calibration.models import gpu_namespace
 from belusim.compute.roofline import ComputeModel, layer_decode_time, layer_prefill_time
 from belusim.config.scenario import GB, load_card
 
@@ -18,7 +19,9 @@ def test_build_from_cards():
     cm = ComputeModel.build(m, g)
     assert cm.peak_flops == g.dense_bf16_tflops * 1e12
     assert cm.linear_rate == pytest.approx(g.dense_bf16_tflops * 1e12 * g.linear_efficiency)
-    assert cm.attn_rate == pytest.approx(g.dense_bf16_tflops * 1e12 * g.attention_efficiency)
+    att = load_card("attention_backends", g.attention_backend)
+    assert cm.attn_rate == pytest.approx(g.dense_bf16_tflops * 1e12 * att.prefill_efficiency)
+    assert cm.kv_rate == pytest.approx(g.hbm_gbps * 1e9 * att.decode_efficiency)
     assert cm.mem_rate == pytest.approx(g.hbm_gbps * 1e9 * g.decode_bandwidth_efficiency)
     assert cm.attn_flops_coeff == 4 * 64 * 64 * 128
     assert cm.weight_bytes == 60.0 * GB
@@ -89,8 +92,14 @@ def test_decode_run_closed_form_equals_sum_of_steps(cm, batch, c0, m):
 
 
 def test_layer_forms_times_layers_match_step_without_overhead():
-    m, g = load_card("llms", "qwen2.5-32b"), load_card("gpus", "h20")
-    cm = ComputeModel.build(m, g)
+    m, card = load_card("llms", "qwen2.5-32b"), load_card("gpus", "h20")
+    # the calibration fits pass a namespace with the attention efficiency on the GPU, and one HBM
+    # efficiency for weights and KV
+    g = gpu_namespace(card.dense_bf16_tflops, card.hbm_gbps, card.linear_efficiency, 0.45,
+                      card.decode_bandwidth_efficiency)
+    att = load_card("attention_backends", "flash-attention-2").model_copy(
+        update={"prefill_efficiency": 0.45, "decode_efficiency": card.decode_bandwidth_efficiency})
+    cm = ComputeModel.build(m, card, attention=att)
     n, c = 1024, 2048
     per_layer = layer_prefill_time(m, g, n, c)
     attn = 4 * m.q_heads * m.head_dim * n * (c + n / 2) / cm.attn_rate
@@ -100,7 +109,7 @@ def test_layer_forms_times_layers_match_step_without_overhead():
     d = layer_decode_time(m, g, 4, 1000)
     lw = m.params_per_layer * m.weight_bytes_per_param
     assert d == pytest.approx(max(4 * m.params_per_layer * 2 / cm.linear_rate, lw / cm.mem_rate)
-                              + 4 * 1000 * m.kv_bytes_per_token / m.layers / cm.mem_rate, rel=1e-12)
+                              + 4 * 1000 * m.kv_bytes_per_token / m.layers / cm.kv_rate, rel=1e-12)
 
 
 def test_lm_head_counts_once_per_sequence(cm):
@@ -115,3 +124,44 @@ def test_lm_head_counts_once_per_sequence(cm):
     # and the prefill chunk costs far less than it would with the head run for every token
     per_token_head = cm.step_overhead_s + 4096 * (cm.body_flops_per_token + cm.head_flops_per_seq) / cm.linear_rate
     assert one < per_token_head - 4000 * cm.head_flops_per_seq / cm.linear_rate
+
+
+def test_decode_weight_efficiency_follows_the_batch_table():
+    m = load_card("llms", "qwen3-32b")
+    g = load_card("gpus", "h200").model_copy(update={"decode_efficiency_by_batch": {1: 0.5, 16: 0.7, 256: 0.6}})
+    cm = ComputeModel.build(m, g)
+    hbm = g.hbm_gbps * 1e9
+    assert cm.weight_rate(1) == pytest.approx(0.5 * hbm)
+    assert cm.weight_rate(4) == pytest.approx(0.6 * hbm)  # halfway in log2 between 1 and 16
+    assert cm.weight_rate(16) == pytest.approx(0.7 * hbm)
+    assert cm.weight_rate(10_000) == pytest.approx(0.6 * hbm)  # held past the last point
+    # a batch-1 decode step streams the weights at the batch-1 efficiency
+    t = cm.step_time(1, 0.0, 0, 1) - cm.step_overhead_s - cm.request_overhead_s
+    assert t == pytest.approx(cm.weight_bytes / (0.5 * hbm))
+    # with no table, the single decode_bandwidth_efficiency
+    plain = ComputeModel.build(m, load_card("gpus", "h200"))
+    assert plain.weight_rate(1) == plain.weight_rate(256) == plain.mem_rate
+
+
+def test_request_overhead_counts_per_scheduled_request():
+    m = load_card("llms", "qwen3-32b")
+    g = load_card("gpus", "h200").model_copy(update={"request_overhead_us": 3.0})
+    cm = ComputeModel.build(m, g)
+    base = ComputeModel.build(m, load_card("gpus", "h200"))
+    assert cm.step_time(64, 0.0, 1000, 64) - base.step_time(64, 0.0, 1000, 64) == pytest.approx(64 * 3e-6)
+    a, _ = cm.decode_run(64, 1000)
+    assert a - base.decode_run(64, 1000)[0] == pytest.approx(64 * 3e-6)
+
+
+def test_attention_backend_comes_from_the_gpu_card_or_the_scenario(scenario_dict):
+    from belusim.config.scenario import resolve_scenario
+
+    sc, _ = resolve_scenario(scenario_dict(gpu="a100-80gb"))
+    assert sc.attention.id == "flash-attention-2"
+    sc, _ = resolve_scenario(scenario_dict(gpu="h100"))
+    assert sc.attention.id == "flash-attention-3"
+    sc, _ = resolve_scenario(scenario_dict(gpu="h100", attention="flashinfer"))
+    assert sc.attention.id == "flashinfer"
+    # a profile's legacy key lands on the backend
+    sc, _ = resolve_scenario(scenario_dict(gpu="h100", calibration="h100-host"))
+    assert sc.attention.prefill_efficiency == pytest.approx(0.3147)

@@ -64,7 +64,9 @@ def summary_table(prof: dict, title: str | None = None, sources: bool = True, wi
     for key, v in prof.get("fitted", {}).items():
         value = v.get("value") if isinstance(v, dict) else v
         source = v.get("source", "") if isinstance(v, dict) else ""
-        t.add_row(key, f"{value:.4g}", source if sources else FITTED_KEYS.get(key, ""))
+        shown = (", ".join(f"{k}: {x:.3g}" for k, x in value.items()) if isinstance(value, dict)
+                 else f"{value:.4g}")
+        t.add_row(key, shown, source if sources else FITTED_KEYS.get(key, ""))
     return t
 
 

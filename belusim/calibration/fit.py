@@ -26,8 +26,11 @@ FITTED_KEYS: dict[str, str] = {
     "gpu.copy_kernel_gbps": "GB/s, the gather/scatter kernel's own top rate",
     "gpu.copy_kernel_compute_slowdown": "fraction, slowdown of compute while a copy kernel runs",
     "gpu.linear_efficiency": "fraction of dense bf16 peak reached by the linear layers",
-    "gpu.attention_efficiency": "fraction of dense bf16 peak reached by prefill attention",
-    "gpu.decode_bandwidth_efficiency": "fraction of HBM bandwidth reached in decode",
+    "attention.prefill_efficiency": "fraction of dense bf16 peak reached by prefill attention",
+    "attention.decode_efficiency": "fraction of HBM bandwidth reached while decode attention reads the KV cache",
+    "gpu.decode_bandwidth_efficiency": "fraction of HBM bandwidth reached streaming the weights in decode",
+    "gpu.decode_efficiency_by_batch": "weight-streaming efficiency by tokens in the step",
+    "gpu.request_overhead_us": "us, what each scheduled request adds to a step (LM head aside): sampling",
     "gpu.step_overhead_us": "us, fixed cost of one engine step",
     "hardware.host.dram_gbps_per_socket": "GB/s, DRAM bandwidth of one socket",
     "hardware.host.dram_latency_ns": "ns, random load-to-use latency",
@@ -50,6 +53,10 @@ FITTED_KEYS: dict[str, str] = {
 }
 
 
+# Fitted keys of older profiles and what they are read as now (attention efficiency moved from
+# the GPU card to the attention backend).
+LEGACY_KEYS = {"gpu.attention_efficiency": "attention.prefill_efficiency"}
+
 # most spread of the copy/compute interference across good copy-kernel setups that still yields
 # one fitted slowdown
 SLOWDOWN_SPREAD = 0.25
@@ -62,8 +69,9 @@ def sig(x: float, digits: int = 4) -> float:
     return float(round(x, digits - 1 - int(math.floor(math.log10(abs(x))))))
 
 
-def entry(value: float, source: str, **detail: Any) -> dict:
-    e: dict[str, Any] = {"value": sig(value), "source": source}
+def entry(value: float | dict, source: str, **detail: Any) -> dict:
+    v = {k: sig(x) for k, x in value.items()} if isinstance(value, dict) else sig(value)
+    e: dict[str, Any] = {"value": v, "source": source}
     if detail:
         e["detail"] = detail
     return e
@@ -169,6 +177,114 @@ def fit_compute(model: ModelShape, tflops: float, hbm_gbps: float, prefill_rows:
                               "model_ms": sig(decode_fn(model, gg, b, c) * 1e3),
                               "effective_tbps": sig(moved / t / 1e12)})
     return ComputeFit(e_lin, e_attn, e_mem, pre_table, dec_table, origin)
+
+
+def _interp_log2(table: dict[int, float], x: float) -> float:
+    """belusim.compute.roofline's interpolation of decode_efficiency_by_batch."""
+    pts = sorted(table.items())
+    lx = math.log2(max(x, 1))
+    xs = [math.log2(b) for b, _ in pts]
+    if lx <= xs[0]:
+        return pts[0][1]
+    if lx >= xs[-1]:
+        return pts[-1][1]
+    for i in range(1, len(xs)):
+        if lx <= xs[i]:
+            f = (lx - xs[i - 1]) / (xs[i] - xs[i - 1])
+            return pts[i - 1][1] + f * (pts[i][1] - pts[i - 1][1])
+    return pts[-1][1]
+
+
+# decode attention rows below this batch are not used for the backend's decode efficiency: the
+# probe's kernel (PyTorch SDPA) has no split-KV, so at batch x KV heads < SM count it leaves most
+# SMs idle, where vLLM's FlashAttention/FlashInfer decode kernels split the context over SMs
+DECODE_ATTENTION_MIN_BATCH = 16
+
+
+def fit_compute_split(model: ModelShape, tflops: float, hbm_gbps: float, comp: dict) -> tuple[dict, list[str]]:
+    """Efficiencies from layer timings with the attention kernel timed alone, as
+    belusim.compute.roofline uses them: attention (prefill: FLOP/s; decode: KV bytes/s) from the
+    attention rows; the linear efficiency from prefill layers minus their attention; the
+    weight-streaming efficiency at each decode batch from decode layers minus their attention;
+    the per-request cost from the LM head + sampling rows beyond the LM head's own roofline."""
+    peak, hbm = tflops * 1e12, hbm_gbps * 1e9
+    qh, hd, ppl = model.q_heads, model.head_dim, model.params_per_layer
+    layer_w = ppl * model.weight_bytes_per_param
+    kv_tok = model.kv_bytes_per_token / model.layers
+    notes: list[str] = []
+    out: dict[str, dict] = {}
+    pa = {(int(r["chunk"]), int(r["context"])): float(r["ms"]) * 1e-3 for r in comp["prefill_attention_rows"]}
+    flops_a = {k: 4.0 * qh * hd * k[0] * (k[1] + k[0] / 2) for k in pa}
+    e_pa = _clip01(sum(flops_a.values()) / sum(pa.values()) / peak)
+    pre = [(int(r["chunk"]), int(r["context"]), float(r["ms"]) * 1e-3) for r in comp["prefill_rows"]
+           if (int(r["chunk"]), int(r["context"])) in pa]
+    lin_f = sum(2.0 * n * ppl for n, _, _ in pre)
+    lin_t = sum(t - pa[(n, c)] for n, c, t in pre)
+    e_lin = _clip01(lin_f / lin_t / peak)
+    pre_table = []
+    for n, c, t in pre:
+        m = 2.0 * n * ppl / (peak * e_lin) + flops_a[(n, c)] / (peak * e_pa)
+        pre_table.append({"chunk": n, "context": c, "measured_ms": sig(t * 1e3), "attention_ms": sig(pa[(n, c)] * 1e3),
+                          "model_ms": sig(m * 1e3), "residual": sig((m - t) / t, 3)})
+    da = {int(r["batch"]): (int(r["context"]), float(r["ms"]) * 1e-3) for r in comp["decode_attention_rows"]}
+    used = {b: v for b, v in da.items() if b >= DECODE_ATTENTION_MIN_BATCH}
+    if not used:
+        raise ValueError(f"the decode attention fit needs a batch of at least {DECODE_ATTENTION_MIN_BATCH}")
+    e_da = _clip01(sum(b * c * kv_tok for b, (c, _) in used.items()) / sum(t for _, t in used.values()) / hbm)
+    by_batch: dict[int, float] = {}
+    dec = [(int(r["batch"]), int(r["context"]), float(r["ms"]) * 1e-3) for r in comp["decode_rows"]
+           if int(r["batch"]) in da]
+    for b, c, t in dec:
+        lin = t - da[b][1]
+        if lin <= 0:
+            notes.append(f"decode batch {b}: the attention alone took as long as the layer; not fitted")
+            continue
+        by_batch[b] = sig(_clip01(layer_w / hbm / lin), 4)
+    if not by_batch:
+        raise ValueError("no decode batch left a positive non-attention time")
+    dec_table = []
+    for b, c, t in dec:
+        if b not in by_batch:
+            continue
+        w = max(2.0 * b * ppl / (peak * e_lin), layer_w / (hbm * by_batch[b]))
+        m = w + b * c * kv_tok / (hbm * e_da)
+        dec_table.append({"batch": b, "context": c, "measured_ms": sig(t * 1e3), "attention_ms": sig(da[b][1] * 1e3),
+                          "attention_model_ms": sig(b * c * kv_tok / (hbm * e_da) * 1e3),
+                          "model_ms": sig(m * 1e3), "residual": sig((m - t) / t, 3),
+                          "attention_used": b >= DECODE_ATTENTION_MIN_BATCH})
+    e_bw = max(by_batch.values())
+    src = (f"measured: one {model.id} layer (bf16, attention {comp.get('attention_path')}: "
+           f"{comp.get('attention_backend', 'PyTorch SDPA')})")
+    out["attention.prefill_efficiency"] = entry(
+        e_pa, f"{src}, the attention kernel alone over {len(pa)} prefill chunks (FLOP-weighted)", prefill=pre_table)
+    out["gpu.linear_efficiency"] = entry(
+        e_lin, f"{src}, prefill layers minus their attention (FLOP-weighted; norms and KV writes count as linear)",
+        prefill=pre_table)
+    out["attention.decode_efficiency"] = entry(
+        e_da, f"{src}, decode attention alone at batch >= {DECODE_ATTENTION_MIN_BATCH} (KV bytes over time; smaller "
+              "batches are not used: the probe's SDPA kernel has no split-KV)", decode=dec_table)
+    out["gpu.decode_efficiency_by_batch"] = entry(
+        by_batch, f"{src}, per decode batch: layer weights / HBM bandwidth over (layer time - attention time)",
+        decode=dec_table)
+    out["gpu.decode_bandwidth_efficiency"] = entry(
+        e_bw, "measured: the highest of gpu.decode_efficiency_by_batch (used where no table is given)")
+    samp = [(int(r["batch"]), float(r["ms"]) * 1e-3) for r in comp.get("sampler_rows", [])]
+    if samp:
+        head_b = model.hidden * model.vocab * model.weight_bytes_per_param
+        rows, per = [], []
+        for b, t in samp:
+            base = max(2.0 * b * model.hidden * model.vocab / (peak * e_lin), head_b / (hbm * _interp_log2(by_batch, b)))
+            r = (t - base) / b
+            rows.append({"batch": b, "measured_ms": sig(t * 1e3), "lm_head_model_ms": sig(base * 1e3),
+                         "per_request_us": sig(r * 1e6, 3)})
+            if b >= 16:
+                per.append(r)
+        if per:
+            out["gpu.request_overhead_us"] = entry(
+                max(0.0, float(np.median(per)) * 1e6),
+                f"measured: {comp.get('sampler')}, at batch >= 16: median of (time - the LM head's roofline) / "
+                "batch; GPU work only: the engine's CPU work per request is not measured", sampler=rows)
+    return out, notes
 
 
 # ------------------------------------------------------------------------ profile fits
@@ -361,7 +477,16 @@ def fit_gpu(gpu: dict, model: ModelShape | None, peaks: dict | None) -> tuple[di
                 f"gpu.copy_kernel_compute_slowdown not fitted: at full copy rate it ranges from {min(per):.2f} to "
                 f"{max(per):.2f} with the kernel's CTA count, too erratic for one value; measured {what}")
     comp = gpu.get("compute") or {}
-    if model is not None and peaks and comp.get("prefill_rows"):
+    split = model is not None and peaks and comp.get("prefill_attention_rows") and comp.get("decode_attention_rows")
+    if split:
+        try:
+            f, n = fit_compute_split(model, peaks["dense_bf16_tflops"], peaks["hbm_gbps"], comp)
+        except (ValueError, ZeroDivisionError, KeyError) as e:
+            notes.append(f"compute fit (attention apart) skipped: {e}")
+        else:
+            fitted.update(f)
+            notes += n
+    elif model is not None and peaks and comp.get("prefill_rows"):
         try:
             cf = fit_compute(model, peaks["dense_bf16_tflops"], peaks["hbm_gbps"], comp.get("prefill_rows", []),
                              comp.get("decode_rows", []))
@@ -376,7 +501,7 @@ def fit_gpu(gpu: dict, model: ModelShape | None, peaks: dict | None) -> tuple[di
                 f"measured: one {model.id} layer (bf16, eager PyTorch, attention {comp.get('attention_path')}), "
                 f"{cf.prefill_table[0]['chunk']}-token prefill chunks at contexts {ctx}, fitted with "
                 f"{cf.formula}.layer_prefill_time against {peak_txt}", prefill=cf.prefill_table)
-            fitted["gpu.attention_efficiency"] = entry(
+            fitted["attention.prefill_efficiency"] = entry(
                 cf.attention_efficiency, "measured: same prefill fit (the attention term)", prefill=cf.prefill_table)
             if cf.decode_bandwidth_efficiency is not None:
                 bs = ", ".join(str(r["batch"]) for r in cf.decode_table)

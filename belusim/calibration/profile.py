@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from belusim.calibration.errors import CalibrationError
-from belusim.calibration.fit import FITTED_KEYS
+from belusim.calibration.fit import FITTED_KEYS, LEGACY_KEYS
 from belusim.errors import InputError
 from belusim.inputs import read_json
 from belusim.outputs import atomic_write
@@ -109,11 +109,14 @@ def validate(prof: Any, where: str = "profile") -> dict:
     if not isinstance(fitted, dict):
         raise CalibrationError(f"{where}: 'fitted' must map dotted.path -> value")
     for key, v in fitted.items():
-        if key not in FITTED_KEYS:
+        if key not in FITTED_KEYS and key not in LEGACY_KEYS:
             raise CalibrationError(f"{where}: unknown fitted parameter {key!r}")
         value = v.get("value") if isinstance(v, dict) else v
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise CalibrationError(f"{where}: fitted {key!r} needs a number (got {value!r})")
+        # a table (decode efficiency by batch) maps whole numbers to numbers
+        values = list(value.values()) if isinstance(value, dict) and value else [value]
+        keys_ok = not isinstance(value, dict) or all(str(k).isdigit() for k in value)
+        if not keys_ok or any(not isinstance(x, (int, float)) or isinstance(x, bool) for x in values):
+            raise CalibrationError(f"{where}: fitted {key!r} needs a number or a table of numbers (got {value!r})")
     return prof
 
 

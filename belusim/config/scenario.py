@@ -134,9 +134,21 @@ class GPUCard(Card):
         0.0, ge=0, description="fractional slowdown of an engine step while a copy kernel runs"
     )
     linear_efficiency: float = Field(gt=0, le=1, description="fraction of dense peak reached by GEMMs")
-    attention_efficiency: float = Field(gt=0, le=1, description="fraction of dense peak reached by attention")
-    decode_bandwidth_efficiency: float = Field(gt=0, le=1, description="fraction of HBM bandwidth in decode")
+    decode_bandwidth_efficiency: float = Field(
+        gt=0, le=1, description="fraction of HBM bandwidth while a step streams the weights"
+    )
+    decode_efficiency_by_batch: dict[int, float] = Field(
+        default_factory=dict,
+        description="weight-streaming efficiency by tokens in the step (small batches are latency-bound); "
+                    "interpolated in log2(tokens); empty: decode_bandwidth_efficiency throughout",
+    )
     step_overhead_us: float = Field(0.0, ge=0, description="fixed cost of one engine step (scheduling, launch)")
+    request_overhead_us: float = Field(
+        0.0, ge=0, description="cost each scheduled request adds to a step beyond its FLOPs (sampling, bookkeeping)"
+    )
+    attention_backend: str = Field(
+        "flash-attention-2", description="models/attention_backends card this GPU's engine uses by default"
+    )
     memcpy_uncacheable_threshold_kb: float = Field(
         24.0, ge=0, description="cudaMemcpy from uncacheable host memory below this size is CPU-driven"
     )
@@ -146,6 +158,13 @@ class GPUCard(Card):
     interconnect: str = Field(
         "pcie-gen5", description="models/interconnects card that joins this GPU's tensor-parallel ranks by default"
     )
+
+
+class AttentionBackendCard(Card):
+    """An attention kernel family; its efficiencies are fitted separately for prefill and decode."""
+
+    prefill_efficiency: float = Field(gt=0, le=1, description="fraction of dense bf16 peak in prefill attention")
+    decode_efficiency: float = Field(gt=0, le=1, description="fraction of HBM bandwidth while decode reads the KV cache")
 
 
 class InterconnectCard(Card):
@@ -308,6 +327,7 @@ CARD_KINDS: dict[str, type[Card]] = {
     "llms": LLMCard,
     "gpus": GPUCard,
     "interconnects": InterconnectCard,
+    "attention_backends": AttentionBackendCard,
     "hosts": HostCard,
     "pcie_switches": PCIeSwitchCard,
     "root_complexes": RootComplexCard,
@@ -339,6 +359,7 @@ CARD_FIELDS: dict[str, str] = {
     "model": "llms",
     "gpu": "gpus",
     "interconnect": "interconnects",
+    "attention": "attention_backends",
     "hardware.host": "hosts",
     "hardware.pcie_switch": "pcie_switches",
     "hardware.root_complex": "root_complexes",
@@ -509,6 +530,7 @@ class Scenario(_Strict):
     model: LLMCard
     gpu: GPUCard
     interconnect: InterconnectCard = Field(description="GPU-to-GPU link of tensor-parallel ranks (default: the GPU card's)")
+    attention: AttentionBackendCard = Field(description="attention backend (default: the GPU card's)")
     hardware: HardwareConfig
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
@@ -701,12 +723,15 @@ def _expand_cards(raw: dict, where: str, origin: dict[str, str] | None = None) -
             parent[leaf] = merged
         elif not isinstance(ref, dict):
             raise ConfigError(f"{where}: field '{dotted}' must be a card id or a mapping, got {ref!r}")
-    if "interconnect" not in data and isinstance(data.get("gpu"), dict):
-        # the GPU card names the link its tensor-parallel ranks use unless the scenario does
-        ic = data["gpu"].get("interconnect", GPUCard.model_fields["interconnect"].default)
-        if not isinstance(ic, str):
-            raise ConfigError(f"{where}: field 'gpu.interconnect' must be an interconnect card id, got {ic!r}")
-        data["interconnect"] = _card("interconnects", ic, where, "gpu.interconnect")
+    # The GPU card names the link its tensor-parallel ranks use and its attention backend,
+    # unless the scenario names others.
+    for field, kind in (("interconnect", "interconnects"), ("attention", "attention_backends")):
+        gpu_field = "attention_backend" if field == "attention" else field
+        if field not in data and isinstance(data.get("gpu"), dict):
+            ref = data["gpu"].get(gpu_field, GPUCard.model_fields[gpu_field].default)
+            if not isinstance(ref, str):
+                raise ConfigError(f"{where}: field 'gpu.{gpu_field}' must be a {kind} card id, got {ref!r}")
+            data[field] = _card(kind, ref, where, f"gpu.{gpu_field}")
     systems = data.get("systems")
     if isinstance(systems, list):
         for i, system in enumerate(systems):
@@ -810,8 +835,11 @@ def load_profile_overrides(path: Path) -> dict[str, Any]:
     fitted = prof.get("fitted") if isinstance(prof, dict) else None
     if not isinstance(fitted, dict):
         raise ConfigError(f"{path}: a calibration profile needs a 'fitted' mapping of dotted.path -> value")
+    from belusim.calibration.fit import LEGACY_KEYS
+
     out = {}
     for key, v in fitted.items():
+        key = LEGACY_KEYS.get(key, key)
         out[key] = v["value"] if isinstance(v, dict) and "value" in v else v
     return out
 

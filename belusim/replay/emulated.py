@@ -78,7 +78,7 @@ class EmulatedBackend:
     def __init__(self, scenario: Scenario, system: SystemConfig, num_gpu_blocks: int, pool_spec: PoolSpec,
                  block_repr_bytes: int = 4096):
         self.compute_model = ComputeModel.build(scenario.model, scenario.gpu, scenario.cluster.tensor_parallel,
-                                                scenario.interconnect)
+                                                scenario.interconnect, scenario.attention)
         block_bytes = int(scenario.model.kv_bytes_per_token * scenario.engine.block_size)
         self.rb = min(block_bytes, block_repr_bytes)
         self.bs = scenario.engine.block_size

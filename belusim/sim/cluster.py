@@ -94,7 +94,7 @@ class Cluster:
                 self.tiers = [shared]
                 tier_for_server = {s: shared for s in range(scenario.cluster.servers)}
         compute = ComputeModel.build(scenario.model, scenario.gpu, scenario.cluster.tensor_parallel,
-                                     scenario.interconnect)
+                                     scenario.interconnect, scenario.attention)
         n_prefill = scenario.cluster.prefill_instances_per_server
         self.disaggregated = n_prefill is not None
         if self.disaggregated and kv.kind == "hbm-only":
