@@ -80,10 +80,20 @@ def _ms(x, digits=1) -> str:
     return _fmt(x, digits)
 
 
+def _top_parts(breakdown: dict | None, n: int = 3) -> str:
+    """The largest parts of the mean TTFT, e.g. 'load software 52%, others' loads 18%'."""
+    if not breakdown:
+        return ""
+    short = {"kv_load_wire": "load wire", "kv_load_software": "load sw", "kv_load_thread_wait": "thread wait",
+             "lookup_software": "lookup", "others_loads": "others' loads", "save_stall": "save stall"}
+    return ", ".join(f"{short.get(t['part'], t['part'])} {t['share']:.0%}"
+                     for t in breakdown["top"][:n] if t["share"] >= 0.005)
+
+
 def print_results(report: dict, console: Console) -> None:
     table = Table(title=f"belusim: {report['scenario']}")
     cols = ["system", "phase", "done", "TTFT mean s", "TTFT p99 s", "TPOT mean ms", "TPOT p99 ms", "ITL p99 ms",
-            "req/s", "HBM hit", "tier hit"]
+            "req/s", "HBM hit", "tier hit", "TTFT went to"]
     if report.get("goodput"):
         cols.insert(9, "goodput req/s")
     for col in cols:
@@ -96,7 +106,7 @@ def print_results(report: dict, console: Console) -> None:
                 s["system"], s["phase"], f"{s['completed']}/{s['requests']}",
                 _fmt(sec("mean_ttft_ms")), _fmt(sec("p99_ttft_ms")), _ms(s["mean_tpot_ms"]), _ms(s["p99_tpot_ms"]),
                 _ms(s["p99_itl_ms"]), _fmt(s["request_throughput"]), _fmt(s["hbm_hit_ratio"], 2),
-                _fmt(s["tier_hit_ratio"], 2),
+                _fmt(s["tier_hit_ratio"], 2), _top_parts(s.get("breakdown")),
             ]
             if report.get("goodput"):
                 cells.insert(9, _fmt(s["request_goodput"]))

@@ -7,6 +7,20 @@ from enum import Enum
 from itertools import islice
 
 
+# Where a request's time to first token goes; the parts add up to its TTFT.
+TTFT_PARTS = (
+    "queue",                # waiting to be admitted (or re-admitted after a preemption or a load)
+    "compute",              # forward passes of the steps it was in, up to its first token
+    "kv_load_wire",         # its own tier load, less the parts below (the transfer itself)
+    "kv_load_software",     # its load's software stages (models/stacks/)
+    "kv_load_thread_wait",  # its load waiting for a busy connector thread
+    "lookup_software",      # the steps' lookup stages (hashing, the connector's call)
+    "rpc",                  # the steps' metadata RPCs to the tier's index
+    "save_stall",           # steps waiting for their synchronous saves
+    "others_loads",         # steps waiting for other requests' in-step loads
+)
+
+
 class State(Enum):
     WAITING = "waiting"
     LOADING = "loading"  # waiting for its KV from the external tier
@@ -48,6 +62,8 @@ class Request:
         "handed_off",
         "blocked_at",
         "_names",
+        "ttft_parts",
+        "ttft_mark",
     )
 
     def __init__(self, req_id: int, prompt_tokens: int, output_tokens: int, keys: list[int], arrival: float,
@@ -86,6 +102,8 @@ class Request:
         self.on_saved = None  # callback(request) when its last save lands (disaggregation)
         self.handed_off = False  # moved from a prefill instance to a decode instance
         self.blocked_at = None  # what the pool and tier looked like when admission last failed
+        self.ttft_parts = [0.0] * len(TTFT_PARTS)  # filled by the executor, see TTFT_PARTS
+        self.ttft_mark = arrival  # time up to which ttft_parts account for it
         self._names: dict[tuple[int, int], set[int]] | None = None  # see matched_names
 
     def matched_names(self, blocks: int, chunk_blocks: int) -> set[int]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from belusim.policy.request import Request, State
+from belusim.policy.request import TTFT_PARTS, Request, State
 
 # Version of the output's layout (`belusim schema --output`); bumped when a key changes meaning.
 SCHEMA_VERSION = 2
@@ -27,7 +27,7 @@ RECORD_FIELDS = [
     "hbm_hit_tokens", "tier_hit_tokens", "preemptions", "arrival_s", "admitted_s", "load_start_s",
     "load_end_s", "first_token_s", "finish_s", "ttft_s", "tpot_s", "e2e_s", "kv_load_s", "queue_s",
     "itl_mean_s", "itl_max_s",
-]
+] + [f"ttft_{p}_s" for p in TTFT_PARTS]  # where its TTFT went: the parts add up to ttft_s
 
 # vLLM `bench serve` latency metrics and statistics (milliseconds).
 LATENCY_METRICS = ["ttft", "tpot", "itl", "e2el"]
@@ -38,7 +38,7 @@ VLLM_KEYS = [
 ] + [f"{s}_{m}_ms" for m in LATENCY_METRICS for s in LATENCY_STATS]
 BELUSIM_KEYS = [
     "requests", "rejected", "unfinished", "hbm_hit_ratio", "tier_hit_ratio", "mean_kv_load_ms",
-    "mean_queue_ms", "p99_queue_ms", "preemptions", "arrival_span_s",
+    "mean_queue_ms", "p99_queue_ms", "preemptions", "arrival_span_s", "breakdown",
 ]
 SUMMARY_KEYS = ["system", "phase"] + VLLM_KEYS + BELUSIM_KEYS
 
@@ -121,6 +121,7 @@ class Recorder:
             req.admitted, req.load_start, req.load_end, req.first_token, req.finish, ttft, tpot,
             req.finish - req.arrival, req.load_end - req.load_start, req.admitted - req.arrival,
             itl_mean, itl_max,
+            *(req.ttft_parts if ttft == ttft else [math.nan] * len(TTFT_PARTS)),
         )
         self.rows.append(row)
         if itl is not None and status == "finished":
@@ -228,8 +229,27 @@ def summarize(rows: list[tuple], system: str, phase: str, itl: list[np.ndarray] 
         "p99_queue_ms": float(np.percentile(queue, 99) * 1e3) if queue.size else math.nan,
         "preemptions": int(col("preemptions").sum()) if done else 0,
         "arrival_span_s": float(arrivals.max() - arrivals.min()) if arrivals.size else math.nan,
+        "breakdown": ttft_breakdown(np.array([[r[idx[f"ttft_{p}_s"]] for p in TTFT_PARTS] for r in done],
+                                             dtype=float).reshape(len(done), len(TTFT_PARTS))),
     }
     return out
+
+
+def ttft_breakdown(parts: np.ndarray) -> dict:
+    """Where the finished requests' TTFT went: per part, the mean and p99 in ms, and the parts
+    ordered by their share of the mean TTFT. `parts`: one row per request (TTFT_PARTS)."""
+    if not parts.size:
+        return {"ttft_ms": {p: {"mean": math.nan, "p99": math.nan} for p in TTFT_PARTS}, "top": []}
+    ms = parts * 1e3
+    means = ms.mean(axis=0)
+    total = float(means.sum())
+    return {
+        "ttft_ms": {p: {"mean": float(means[i]), "p99": float(np.percentile(ms[:, i], 99))}
+                    for i, p in enumerate(TTFT_PARTS)},
+        "top": [{"part": TTFT_PARTS[i], "mean_ms": float(means[i]),
+                 "share": float(means[i] / total) if total > 0 else math.nan}
+                for i in np.argsort(-means, kind="stable") if means[i] > 0],
+    }
 
 
 def json_safe(x):

@@ -46,6 +46,11 @@ _fields.update({
     "p99_queue_ms": (float | None, Field(description="belusim: ms, 99th percentile arrival-to-admission wait")),
     "preemptions": (int, Field(description="belusim: preemptions of finished requests")),
     "arrival_span_s": (float | None, Field(description="belusim: s, first to last arrival of the phase")),
+    "breakdown": (dict[str, Any], Field(description=(
+        "belusim: where the time to first token went. ttft_ms: per part (queue, compute, kv_load_wire, "
+        "kv_load_software, kv_load_thread_wait, lookup_software, rpc, save_stall, others_loads) the mean "
+        "and p99 in ms over finished requests (the means add up to mean_ttft_ms); top: the parts by "
+        "their share of the mean"))),
 })
 
 PhaseResult = create_model(

@@ -18,7 +18,7 @@ import simpy
 from belusim.compute.roofline import ComputeModel
 from belusim.transport.kvpath import GPUPlace, KVPaths
 from belusim.policy.connector import ConnectorSemantics
-from belusim.policy.request import Request
+from belusim.policy.request import TTFT_PARTS, Request
 from belusim.policy.scheduler import Load, Save, Scheduler
 from belusim.policy.step import IDLE, WaitSaves, load_landed, save_landed, step_loop
 
@@ -44,6 +44,7 @@ class Instance:
         self.steps = 0
         self.step_events = 0
         self.pending_saves = 0
+        self._prefilling: list[Request] = []  # the last step's requests without a first token
         self.step_ends: list[float] = []  # when each engine step ended: the token times, for ITL
         # Copy kernels take SMs from compute: a step overlapping one runs slower by
         # kernel_slowdown x the overlap. Estimated when the copy is issued, at the kernel's
@@ -84,6 +85,9 @@ class Instance:
         if self.connector.load_mode != "sync":  # a sync load's copy ends before the forward pass
             self._copy_issued(load.num_blocks)
         if not in_step:
+            req = load.request
+            req.ttft_parts[_QUEUE] += self.env.now - req.ttft_mark
+            req.ttft_mark = self.env.now
             self.env.process(self._load(load))
 
     def start_saves(self, saves: list[Save]) -> None:
@@ -110,9 +114,13 @@ class Instance:
                 yield self._wake
                 self._wake = None
             elif isinstance(cmd, WaitSaves):
+                t0 = env.now
                 for save in cmd.saves:
                     self.pending_saves += 1
                     yield from self._save(save)
+                for req in self._prefilling:  # the step they were in waited for its saves
+                    req.ttft_parts[_SAVE] += env.now - t0
+                    req.ttft_mark = env.now
             elif cmd.steps > 1:
                 ran = yield from self._decode_stretch(cmd.plan, cmd.steps)
             else:
@@ -121,20 +129,52 @@ class Instance:
 
     def _step(self, plan):
         env = self.env
+        start = env.now
         rpc = (self.paths.lookup_time(plan.lookups, plan.lookup_keys, env.now, plan.lookup_chunks)
                if plan.lookups else 0.0)
+        lookup_sw, rpc_only = self.paths.last_lookup if plan.lookups else (0.0, 0.0)
         compute = self._with_interference(
             self.compute.step_time(plan.tokens, plan.prefill_units, plan.decode_context, len(plan.scheduled)))
         if rpc:
             yield env.timeout(rpc)
+        stall = 0.0
         if plan.in_step_loads and plan.loads:
-            yield from self._in_step_loads(plan.loads, compute)
+            stall = yield from self._in_step_loads(plan.loads, compute)
         else:
             yield env.timeout(compute)
         self.steps += 1
         self.step_events += 1
+        self._account_step(plan, start, lookup_sw, rpc_only, compute, stall)
+
+    def _account_step(self, plan, start: float, lookup_sw: float, rpc: float, compute: float, stall: float):
+        """Charge the step's time to each request in it that has no first token yet."""
+        now = self.env.now
+        own = {id(load.request): load for load in plan.loads} if plan.in_step_loads else {}
+        sync_total = sum(ld.request.load_end - ld.request.load_start for ld in own.values()) \
+            if self.connector.load_mode == "sync" else 0.0
+        self._prefilling = []
+        for req, _n in plan.scheduled:
+            if req.first_token == req.first_token:  # has its first token: decoding
+                continue
+            p = req.ttft_parts
+            p[_QUEUE] += start - req.ttft_mark
+            p[_COMPUTE] += compute
+            p[_LOOKUP] += lookup_sw
+            p[_RPC] += rpc
+            load = own.get(id(req))
+            if self.connector.load_mode == "sync":
+                mine = 0.0
+                if load is not None:
+                    mine = req.load_end - req.load_start
+                    _charge_load(p, load, mine)
+                p[_OTHERS] += sync_total - mine
+            elif stall:  # layer-wise: the forward pass waited for the slowest layer's KV
+                p[_WIRE if load is not None else _OTHERS] += stall
+            req.ttft_mark = now
+            self._prefilling.append(req)
 
     def _in_step_loads(self, loads: list[Load], compute: float):
+        """Run the step's in-step loads and forward pass; returns the layer-wise stall."""
         env, conn = self.env, self.connector
         if conn.load_mode == "sync":
             # start_load_kv(): one blocking retrieve per request, then the forward pass
@@ -143,11 +183,12 @@ class Instance:
                 yield from self.paths.load(self.place, load)
                 load.request.load_end = env.now
             yield env.timeout(compute)
-            return
+            return 0.0
         start = env.now
         yield env.all_of([env.process(self._load_timed(load)) for load in loads])
         end = start + conn.layerwise_step_time(env.now - start, compute)
         yield env.timeout(end - env.now)
+        return end - start - compute
 
     def _load_timed(self, load: Load):
         yield from self.paths.load(self.place, load)
@@ -183,6 +224,9 @@ class Instance:
     def _load(self, load: Load):
         """An async load: the request is admitted once it has landed."""
         yield from self.paths.load(self.place, load)
+        req = load.request
+        _charge_load(req.ttft_parts, load, self.env.now - req.load_start)
+        req.ttft_mark = self.env.now
         load_landed(self.sched, load, self.env.now)
         self.notify()
 
@@ -196,6 +240,17 @@ class Instance:
                     peer.notify()
 
         save_landed(self.sched, save, wake_peers, self.notify)
+
+
+(_QUEUE, _COMPUTE, _WIRE, _SOFTWARE, _THREAD, _LOOKUP, _RPC, _SAVE, _OTHERS) = range(len(TTFT_PARTS))
+assert TTFT_PARTS[_OTHERS] == "others_loads" and TTFT_PARTS[_WIRE] == "kv_load_wire"
+
+
+def _charge_load(parts: list[float], load: Load, seconds: float) -> None:
+    """A request's own load of `seconds`: thread wait, software stages, the rest on the wire."""
+    parts[_THREAD] += load.thread_wait_s
+    parts[_SOFTWARE] += load.software_s
+    parts[_WIRE] += seconds - load.thread_wait_s - load.software_s
 
 
 def _steps_covering(elapsed, t: float, k: int) -> int:

@@ -193,18 +193,31 @@ def _yaml_value(v: Any) -> str:
     return str(v)
 
 
+def _flatten(row: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        elif isinstance(v, list):
+            out[f"{prefix}{k}"] = json.dumps(v)
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def write_table(rows: list[dict], path: Path) -> None:
     """CSV at `path` (or JSON if it ends in .json); with a CSV, the JSON goes beside it."""
     safe = json_safe(rows)
     if path.suffix == ".json":
         atomic_write(path, json.dumps(safe, indent=2))
         return
+    flat = [_flatten(r) for r in safe]  # nested results (the TTFT breakdown) as dotted columns
     keys: list[str] = []
-    for r in rows:
+    for r in flat:
         keys += [k for k in r if k not in keys]
     with atomic_open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=keys)
         w.writeheader()
-        for r in safe:
+        for r in flat:
             w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in keys})
     atomic_write(path.with_suffix(".json"), json.dumps(safe, indent=2))

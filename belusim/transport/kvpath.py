@@ -108,6 +108,7 @@ class KVPaths:
         # software stages run once per TP rank, in parallel: one rank's share of an object
         self.stages = SoftwareStages(env, stack, scenario.hardware.host, kv.chunk_tokens,
                                      self.rank_block_bytes * kv.chunk_tokens / scenario.engine.block_size)
+        self.last_lookup = (0.0, 0.0)  # (software stages, metadata RPC) of the last lookup_time
         self.places: list[GPUPlace] = []  # every GPU
         self.instance_places: list[GPUPlace] = []  # every instance's first GPU, with its ranks
         n_psw = max(1, math.ceil(cl.gpus_per_server / cl.gpus_per_pcie_switch))
@@ -168,12 +169,14 @@ class KVPaths:
         stages (hashing, the connector's call) for each, then the metadata RPCs."""
         sw = self.stages.lookup_time(chunks) if chunks else 0.0
         self.stats.breakdown["lookup"] = self.stats.breakdown.get("lookup", 0.0) + sw
+        self.last_lookup = (sw, 0.0)
         if lookups == 0 or self._rpc_kind() == "none":
             return sw
         calls = max(lookups, math.ceil(keys / self.kv.rpc_keys_per_call))
         self.stats.rpc_calls += calls
         t = self.rpc.call(now + sw, calls)
         self.stats.breakdown["rpc"] += t
+        self.last_lookup = (sw, t)  # (software stages, metadata RPC) of the last call
         return sw + t
 
     def _links(self, *names: str) -> list[Link]:
