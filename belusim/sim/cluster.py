@@ -147,6 +147,7 @@ class Cluster:
         self.submitted = 0
         self.completed = 0
         self.rejected = 0
+        self.last_reject_reason = ""
         # id() of each request admitted and not yet recorded: a second record of one is caught
         # (the request is alive while it is recorded, so its id cannot have been reused)
         self._unrecorded: set[int] = set()
@@ -213,6 +214,7 @@ class Cluster:
                 f"instance's KV cache ({self.kv_blocks} blocks of {bs} tokens)"
             )
             self.rejected += 1
+            self.last_reject_reason = req.reject_reason
             self._finished(req)
             return req
         self._live[id(req)] = req
@@ -385,7 +387,13 @@ def simulate(scenario: Scenario, system: SystemConfig, recorder: Recorder, progr
         phase_starts[phase.name] = cluster.env.now
         if progress:
             progress(f"{system.name}: phase {phase.name} ({len(wl.requests)} requests)")
+        rejected_before = cluster.rejected
         cluster.run_phase(phase.name, wl, scenario.run.max_sim_time_s)
+        if cluster.rejected - rejected_before == len(wl.requests):
+            raise SimulationError(
+                f"system {system.name!r}, phase {phase.name!r}: none of the {len(wl.requests)} requests can be "
+                f"served: {cluster.last_reject_reason} (raise engine.kv_blocks or gpu_memory_utilization, "
+                "or shorten the prompts)")
     cluster.drain()
     checks = cluster.check()
     sim_s = cluster.end_time

@@ -232,15 +232,31 @@ def iter_trace(path: str | Path, fmt: str | None = None) -> Iterator[RequestSpec
         missing = [c for c in _REQ_FIELDS if c not in pf.schema_arrow.names]
         if missing:
             raise WorkloadError.at(path, "missing column", field=missing[0])
-        for rg in range(pf.num_row_groups):
-            yield from _rows_from_table(pf.read_row_group(rg), path, bs)
+        rows = (r for rg in range(pf.num_row_groups) for r in _rows_from_table(pf.read_row_group(rg), path, bs))
+        yield from _in_arrival_order(((i + 1, r) for i, r in enumerate(rows)), path, header, "row")
         return
-    first = True
-    for ln, line in iter_lines(path, error=WorkloadError):
-        if first:
-            first = False
-            continue
-        yield _req_from_dict(parse_json(line, path, line=ln, error=WorkloadError), path, ln, bs)
+    lines = iter_lines(path, error=WorkloadError)
+    next(lines, None)  # the header
+    reqs = ((ln, _req_from_dict(parse_json(line, path, line=ln, error=WorkloadError), path, ln, bs))
+            for ln, line in lines)
+    yield from _in_arrival_order(reqs, path, header, "line")
+
+
+def _in_arrival_order(reqs, path: Path, header: dict, unit: str) -> Iterator[RequestSpec]:
+    """An open-loop trace must list requests in arrival order (as the Mooncake reader
+    demands): a later line with an earlier arrival is an error, not silently reordered."""
+    check = header.get("mode") == "open"
+    prev = -math.inf
+    for n, r in reqs:
+        if check and r.arrival_s is not None:
+            if r.arrival_s < prev:
+                where = dict(line=n) if unit == "line" else {}
+                raise WorkloadError.at(
+                    path, (f"row {n}: " if unit == "row" else "") +
+                    f"decreases ({r.arrival_s} after {prev}); traces must be in arrival order",
+                    field="arrival_s", **where)
+            prev = r.arrival_s
+        yield r
 
 
 def _rows_from_table(t, path: Path, bs: int) -> Iterator[RequestSpec]:

@@ -1,0 +1,43 @@
+"""Inputs that used to be accepted in silence now fail with the reason."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from belusim.cli.main import app
+from belusim.workloads.cli import trace_app
+from belusim.workloads.errors import WorkloadError
+from belusim.workloads.trace_format import read_trace
+from tests.test_core_cli import TINY
+
+
+def test_belusim_trace_with_out_of_order_arrivals_is_rejected(tmp_path):
+    src = tmp_path / "t.jsonl"
+    r = CliRunner().invoke(trace_app, ["export-synthetic", "--out", str(src), "--num-prompts", "5",
+                                       "--rate-qps", "2"])
+    assert r.exit_code == 0, r.output
+    lines = src.read_text().splitlines()
+    assert json.loads(lines[0])["mode"] == "open"
+    recs = [json.loads(x) for x in lines[1:]]
+    recs[2]["arrival_s"], recs[3]["arrival_s"] = recs[3]["arrival_s"], recs[2]["arrival_s"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join([lines[0]] + [json.dumps(d) for d in recs]) + "\n")
+    with pytest.raises(WorkloadError, match=r"bad\.jsonl:5: field 'arrival_s': decreases .* arrival order"):
+        read_trace(bad)
+    # the same through parquet: the row is named
+    pq = tmp_path / "ok.parquet"
+    r = CliRunner().invoke(trace_app, ["convert", str(src), "--out", str(pq)])
+    assert r.exit_code == 0, r.output
+    assert [x.arrival_s for x in read_trace(pq).requests] == sorted(d["arrival_s"] for d in recs)
+
+
+def test_scenario_where_no_request_fits_fails_with_the_reason(tmp_path):
+    p = tmp_path / "tiny.yaml"
+    p.write_text(yaml.safe_dump(dict(TINY, engine={"kv_blocks": 10}), sort_keys=False))
+    r = CliRunner().invoke(app, ["run", str(p), "-q"])
+    assert r.exit_code == 2
+    assert "none of the 4 requests can be served" in r.stderr and "exceeds the instance's KV cache" in r.stderr
