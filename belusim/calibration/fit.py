@@ -17,6 +17,8 @@ from belusim.calibration.models import ModelShape, compute_functions, gpu_namesp
 
 # The parameters a profile may set, and the config card each belongs to.
 FITTED_KEYS: dict[str, str] = {
+    "hardware.host.sha256_gbps": "GB/s, one thread's sha256 over token ids (a stack's hash stage)",
+    "hardware.host.memcpy_gbps": "GB/s, one thread's memcpy of one KV chunk (a stack's copy stages)",
     "gpu.host_h2d_gbps": "GB/s, large pinned host-to-GPU copies",
     "gpu.host_d2h_gbps": "GB/s, large pinned GPU-to-host copies",
     "gpu.pageable_h2d_gbps": "GB/s, pageable host-to-GPU copies",
@@ -514,6 +516,25 @@ def fit_gpu(gpu: dict, model: ModelShape | None, peaks: dict | None) -> tuple[di
     return fitted, notes
 
 
+def fit_software(sw: dict) -> tuple[dict, list[str]]:
+    """The host card's software-stage rates from calibration/software.py's measurements."""
+    fitted: dict[str, dict] = {}
+    notes: list[str] = []
+    sha = sw.get("sha256") or {}
+    if sha.get("gbps"):
+        fitted["hardware.host.sha256_gbps"] = entry(
+            sha["gbps"], f"measured: hashlib.sha256 over {sw.get('token_ids')} int32 token ids, one thread "
+            f"({sig(sha['ns_per_token'], 3)} ns a token)")
+    cp = sw.get("chunk_memcpy") or {}
+    if cp.get("gbps"):
+        fitted["hardware.host.memcpy_gbps"] = entry(
+            cp["gbps"], f"measured: one thread's numpy.copyto of one {cp['bytes'] / 2**20:.0f} MiB KV chunk")
+    xx = sw.get("xxh64") or {}
+    if xx.get("skipped"):
+        notes.append(f"xxh64 not measured: {xx['skipped']}")
+    return fitted, notes
+
+
 def fit_all(measurements: dict, target_kind: str = "anon", model: ModelShape | None = None,
             peaks: dict | None = None) -> tuple[dict, list[str]]:
     fitted: dict[str, dict] = {}
@@ -524,6 +545,10 @@ def fit_all(measurements: dict, target_kind: str = "anon", model: ModelShape | N
         notes += n
     if measurements.get("gpu"):
         f, n = fit_gpu(measurements["gpu"], model, peaks)
+        fitted.update(f)
+        notes += n
+    if measurements.get("software"):
+        f, n = fit_software(measurements["software"])
         fitted.update(f)
         notes += n
     unknown = sorted(set(fitted) - set(FITTED_KEYS))

@@ -116,6 +116,11 @@ def run_probe(opts: ProbeOptions, reporter: Reporter | None = None) -> dict:
     else:
         notes.append("GPU probes skipped (--skip-gpu)")
 
+    rep.step("software stages (hashing, chunk memcpy, pinned allocation, lookup call)")
+    from belusim.calibration.software import run_software_probes
+
+    meas["software"] = run_software_probes(model.kv_bytes_per_token, opts.quick)
+
     if errors:
         meas["errors"] = errors
         for k, v in errors.items():
