@@ -163,6 +163,7 @@ class CudaBackend:
         torch, F = self.torch, self.torch.nn.functional
         from torch.nn.attention.bias import causal_lower_right
 
+        t_issue = time.perf_counter()
         T = plan.tokens
         x = self.x[:T]
         write_slots, prefills, decodes = [], [], []
@@ -223,6 +224,7 @@ class CudaBackend:
         last = torch.from_numpy(np.cumsum([n for _t, _c, n in seqs]) - 1).to(dev)
         logits = x.index_select(0, last) @ self.lm_head
         logits.argmax(dim=-1)
+        self.last_issue_s = time.perf_counter() - t_issue  # CPU time to issue the step's kernels
         torch.cuda.synchronize()
 
     # -- transfers --------------------------------------------------------------------------
