@@ -41,3 +41,22 @@ def test_scenario_where_no_request_fits_fails_with_the_reason(tmp_path):
     r = CliRunner().invoke(app, ["run", str(p), "-q"])
     assert r.exit_code == 2
     assert "none of the 4 requests can be served" in r.stderr and "exceeds the instance's KV cache" in r.stderr
+
+
+def test_overloaded_open_loop_phase_warns(tmp_path):
+    p = tmp_path / "tiny.yaml"
+    wl = dict(TINY["workload"], num_prompts=20, arrival={"process": "poisson", "rate_qps": 50})
+    p.write_text(yaml.safe_dump(dict(TINY, workload=wl, systems=TINY["systems"][:1]), sort_keys=False))
+    r = CliRunner().invoke(app, ["run", str(p), "-q", "--json"])
+    assert r.exit_code == 0
+    assert "warning: hbm-only, phase populate: overloaded: requests arrive at" in r.stderr
+    light = dict(wl, arrival={"process": "poisson", "rate_qps": 0.01})
+    p.write_text(yaml.safe_dump(dict(TINY, workload=light, systems=TINY["systems"][:1]), sort_keys=False))
+    r = CliRunner().invoke(app, ["run", str(p), "-q", "--json"])
+    assert r.exit_code == 0 and "overloaded" not in r.stderr
+
+
+def test_flags_are_shown_as_flags_in_help():
+    r = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "120"})
+    line = next(ln for ln in r.stdout.splitlines() if "--json" in ln)
+    assert "<bool>" not in line

@@ -131,9 +131,9 @@ def run(
     systems: Optional[str] = typer.Option(None, "--systems", help="comma-separated subset of the scenario's systems"),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="calibration profile name or path"),
     out: Optional[Path] = typer.Option(None, "--out", help="write requests.csv, summary.json and the resolved scenario here"),
-    as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON object (`belusim schema --output`)"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON object (`belusim schema --output`)", metavar=""),
     goodput: list[str] = typer.Option([], "--goodput", help=GOODPUT_HELP),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines", metavar=""),
 ):
     """Simulate every system of a scenario and print TTFT, TPOT and QPS per phase."""
     from belusim.outputs import check_output_dir
@@ -150,6 +150,9 @@ def run(
         report = run_scenario(sc, resolved, names, out, progress, goodput=slo)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
         _fail(e)
+    for d in report["details"]:
+        for w in d.get("warnings", []):
+            err.print(f"[yellow]warning:[/] {w}", highlight=False)
     if as_json:
         keep = ("schema_version", "scenario", "goodput", "results")
         sys.stdout.write(json.dumps(json_safe({k: report[k] for k in keep})) + "\n")
@@ -168,9 +171,9 @@ def compare(
     set_: list[str] = typer.Option([], "--set", help="override a field: path.to.field=value (repeatable)"),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="calibration profile name or path"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the table (.csv with a .json beside it, or .json)"),
-    as_json: bool = typer.Option(False, "--json", help="print {scenario, baseline, results} as JSON"),
+    as_json: bool = typer.Option(False, "--json", help="print {scenario, baseline, results} as JSON", metavar=""),
     goodput: list[str] = typer.Option([], "--goodput", help=GOODPUT_HELP),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", metavar=""),
 ):
     """Run systems on the same workload and seed; compare them side by side per phase."""
     from belusim.report.metrics import json_safe, parse_goodput
@@ -227,9 +230,9 @@ def sweep(
                                           "CPU; 0: run in this process without Dask)"),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="address of a running Dask scheduler "
                                             "(tcp://host:8786) to run the points on instead"),
-    restart: bool = typer.Option(False, "--restart", help="discard points finished by an earlier run"),
-    as_json: bool = typer.Option(False, "--json", help="print the rows as JSON"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    restart: bool = typer.Option(False, "--restart", help="discard points finished by an earlier run", metavar=""),
+    as_json: bool = typer.Option(False, "--json", help="print the rows as JSON", metavar=""),
+    quiet: bool = typer.Option(False, "--quiet", "-q", metavar=""),
 ):
     """Run a scenario once per combination of values and write the table. Each point's result is
     appended to <table>.points.jsonl as it arrives; run the same command again after an
@@ -324,8 +327,8 @@ def plan(
     out: Optional[Path] = typer.Option(None, "--out", help="directory for plan.json and plan.points.jsonl (a rerun "
                                        "with the same --out reuses the points already run)"),
     report: Optional[Path] = typer.Option(None, "--report", help="write a self-contained HTML report here"),
-    as_json: bool = typer.Option(False, "--json", help="print the plan as one JSON object"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    as_json: bool = typer.Option(False, "--json", help="print the plan as one JSON object", metavar=""),
+    quiet: bool = typer.Option(False, "--quiet", "-q", metavar=""),
 ):
     """Highest sustainable request rate per system under an SLO, cost per QPS and break-even.
 
@@ -382,7 +385,7 @@ def plan(
 
 @app.command()
 def schema(
-    output: bool = typer.Option(False, "--output", help="the schema of the output (run --json, summary.json) instead"),
+    output: bool = typer.Option(False, "--output", help="the schema of the output (run --json, summary.json) instead", metavar=""),
 ):
     """Print the JSON schema of a resolved scenario (card fields also accept a card id)."""
     if output:
@@ -412,7 +415,7 @@ def show(
 @app.command()
 def cards(
     kind: Optional[str] = typer.Argument(None, help="one folder of models/ (default: all)"),
-    markdown: bool = typer.Option(False, "--markdown", help="print Markdown tables (for docs)"),
+    markdown: bool = typer.Option(False, "--markdown", help="print Markdown tables (for docs)", metavar=""),
 ):
     """Every figure of every model card with its source."""
     from belusim.config.scenario import CARD_KINDS, list_cards, load_card

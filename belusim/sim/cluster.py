@@ -64,6 +64,7 @@ class SystemRun:
     link_utilisation: dict[str, float]
     transfers: dict
     checks: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
     events: int = 0  # SimPy events scheduled (for speed benchmarks)
 
 
@@ -376,6 +377,7 @@ def simulate(scenario: Scenario, system: SystemConfig, recorder: Recorder, progr
     cluster = Cluster(scenario, system, recorder)
     bs = scenario.engine.block_size
     phase_starts = {}
+    warnings: list[str] = []
     for n, phase in enumerate(scenario.run.phases):
         if phase.wait_for_saves:
             cluster.drain()
@@ -389,6 +391,9 @@ def simulate(scenario: Scenario, system: SystemConfig, recorder: Recorder, progr
             progress(f"{system.name}: phase {phase.name} ({len(wl.requests)} requests)")
         rejected_before = cluster.rejected
         cluster.run_phase(phase.name, wl, scenario.run.max_sim_time_s)
+        note = _overload(wl, cluster.env.now - phase_starts[phase.name])
+        if note:
+            warnings.append(f"{system.name}, phase {phase.name}: {note}")
         if cluster.rejected - rejected_before == len(wl.requests):
             raise SimulationError(
                 f"system {system.name!r}, phase {phase.name!r}: none of the {len(wl.requests)} requests can be "
@@ -420,4 +425,21 @@ def simulate(scenario: Scenario, system: SystemConfig, recorder: Recorder, progr
         transfers=transfers,
         checks=checks,
         events=cluster.events_scheduled,
+        warnings=warnings,
     )
+
+
+def _overload(wl: Workload, phase_s: float) -> str | None:
+    """An open-loop phase whose requests arrive faster than the cluster serves them: queues
+    (and TTFT) grow with the length of the trace, so its means describe the trace, not the system."""
+    arrivals = [r.arrival_s for r in wl.requests if r.arrival_s is not None]
+    if wl.mode != "open" or len(arrivals) < 10:
+        return None
+    span = max(arrivals) - min(arrivals)
+    if span <= 0 or phase_s <= 0:
+        return None
+    offered, served = len(arrivals) / span, len(wl.requests) / phase_s
+    if served < 0.8 * offered:
+        return (f"overloaded: requests arrive at {offered:.3g}/s but were served at {served:.3g}/s; "
+                "queues and TTFT grow with the trace length (lower the rate or add instances)")
+    return None

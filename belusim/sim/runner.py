@@ -84,6 +84,7 @@ def build_report(scenario: Scenario, runs: list[SystemRun], goodput: dict[str, f
                 "transfers": run.transfers,
                 "link_utilisation": run.link_utilisation,
                 "checks": run.checks,
+                "warnings": run.warnings,
             }
             for run in runs
         ],
