@@ -96,6 +96,7 @@ class KVPaths:
         self.sc = scenario
         self.kv = kv
         self.fabric = Fabric(env)
+        self._paths: dict[tuple, list[Link]] = {}  # link lists of GPU-side paths, built once
         self.stats = TransferStats()
         hw, cl, gpu = scenario.hardware, scenario.cluster, scenario.gpu
         tp = self.tp = cl.tensor_parallel
@@ -290,7 +291,10 @@ class KVPaths:
 
     def _gpu_host_copy(self, place: GPUPlace, nbytes: float, nblocks: int, direction: str, pool_is_cxl: bool):
         s, g, k, sock = place.server, place.gpu, place.pcie_switch, place.socket
-        links = self._links(f"s{s}.gpu{g}.{direction}", f"s{s}.psw{k}.{direction}", f"s{s}.dram{sock}")
+        links = self._paths.get((s, g, k, sock, direction))
+        if links is None:  # built once per place and direction
+            links = self._paths[(s, g, k, sock, direction)] = self._links(
+                f"s{s}.gpu{g}.{direction}", f"s{s}.psw{k}.{direction}", f"s{s}.dram{sock}")
         hw = self.sc.hardware
         latency = hw.host.dram_latency_ns * 1e-9 + hw.pcie_switch.hop_latency_us * 1e-6
         yield from self._kernel_or_memcpy(place, [(nbytes, links)], nblocks, direction, pool_is_cxl, latency)
@@ -315,18 +319,21 @@ class KVPaths:
             scale = nbytes / sum(per_dev.values())
             shares = [(a, b * scale, f"cxl.dev{d}") for d, b in per_dev.items()]
         flows = []
+        paths = self._paths
         for a, b, dev in shares:
-            a_sock = a % sockets
-            names = [
-                f"s{s}.gpu{g}.{direction}",
-                f"s{s}.psw{k}.{direction}",
-                f"s{s}.rc{a_sock}.p2p.{direction}",
-                f"s{s}.psw{k}.adp{a}.{direction}",
-                f"s{s}.adp{a}.{direction}",
-                f"cxlsw.{direction}",
-                dev,
-            ]
-            flows.append((b, self._links(*names)))
+            links = paths.get((s, g, k, direction, a, dev))
+            if links is None:  # built once per place, direction, adapter and device
+                a_sock = a % sockets
+                links = paths[(s, g, k, direction, a, dev)] = self._links(
+                    f"s{s}.gpu{g}.{direction}",
+                    f"s{s}.psw{k}.{direction}",
+                    f"s{s}.rc{a_sock}.p2p.{direction}",
+                    f"s{s}.psw{k}.adp{a}.{direction}",
+                    f"s{s}.adp{a}.{direction}",
+                    f"cxlsw.{direction}",
+                    dev,
+                )
+            flows.append((b, links))
         latency = hw.cxl_switch.access_latency_ns * 1e-9
         yield from self._kernel_or_memcpy(place, flows, nblocks, direction, True, latency)
 
