@@ -1,0 +1,85 @@
+"""How the cost of a replay grows with requests and instances: the Mooncake conversation
+trace tiled in time (0.25x-4x its requests) on 4-64 instances, one JSON line per point.
+
+    python benchmarks/scaling.py [--factors 0.25,0.5,1,2,4] [--instances 4,16,64]
+
+A factor f < 1 keeps the first f of the trace's requests; f > 1 plays f copies back to back
+in time, each copy with its own block ids (so copies do not hit each other's caches) and
+its own arrival times shifted by the trace's length. Instances are servers x 8 GPUs (4: one
+server of 4). Cost should grow linearly: look at cpu_ms_per_request along each row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+from belusim.config.scenario import resolve_scenario
+from belusim.report.metrics import Recorder
+from belusim.sim.cluster import simulate
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIO = ROOT / "scenarios" / "traces" / "mooncake-conversation-cxl.yaml"
+TRACE = ROOT.parent / "shared" / "data" / "mooncake" / "conversation_trace.jsonl"
+
+
+def tile(src: Path, factor: float, dst: Path) -> int:
+    """Write `factor` x the trace's requests to dst; returns the number written."""
+    lines = [json.loads(x) for x in src.read_text().splitlines() if x.strip()]
+    if factor <= 1:
+        keep = lines[: max(1, math.floor(len(lines) * factor))]
+        dst.write_text("".join(json.dumps(d) + "\n" for d in keep))
+        return len(keep)
+    span = lines[-1]["timestamp"] + 1
+    id_span = 1 + max(max(d["hash_ids"], default=0) for d in lines)
+    copies = math.ceil(factor)
+    n = round(len(lines) * factor)
+    out = []
+    for c in range(copies):
+        for d in lines:
+            if len(out) == n:
+                break
+            out.append({**d, "timestamp": d["timestamp"] + c * span,
+                        "hash_ids": [h + c * id_span for h in d["hash_ids"]]})
+    dst.write_text("".join(json.dumps(d) + "\n" for d in out))
+    return len(out)
+
+
+def cluster_for(instances: int) -> list[str]:
+    if instances < 8:
+        return ["cluster.servers=1", f"cluster.gpus_per_server={instances}"]
+    return [f"cluster.servers={instances // 8}", "cluster.gpus_per_server=8"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trace", default=str(TRACE))
+    ap.add_argument("--factors", default="0.25,0.5,1,2,4")
+    ap.add_argument("--instances", default="4,16,64")
+    ap.add_argument("--system", default="cxl-pool")
+    ap.add_argument("--set", action="append", default=[], help="path=value overrides")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        for factor in [float(x) for x in args.factors.split(",")]:
+            path = Path(tmp) / f"trace-{factor}.jsonl"
+            n = tile(Path(args.trace), factor, path)
+            for inst in [int(x) for x in args.instances.split(",")]:
+                sc, _ = resolve_scenario(SCENARIO, [f"workload.path={path}", *cluster_for(inst), *args.set])
+                c0 = time.process_time()
+                run = simulate(sc, sc.system(args.system), Recorder())
+                cpu = time.process_time() - c0
+                print(json.dumps({
+                    "factor": factor, "instances": inst, "requests": n, "cpu_s": round(cpu, 3),
+                    "cpu_ms_per_request": round(cpu / n * 1e3, 3), "simulated_s": round(run.sim_s, 1),
+                    "real_time_factor_cpu": round(run.sim_s / cpu, 1), "events": run.events,
+                    "steps": run.steps, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
