@@ -60,3 +60,22 @@ def test_flags_are_shown_as_flags_in_help():
     r = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "120"})
     line = next(ln for ln in r.stdout.splitlines() if "--json" in ln)
     assert "<bool>" not in line
+
+
+def test_every_option_of_every_command_has_help():
+    import click
+    import typer.main
+
+    missing = []
+
+    def walk(cmd, path):
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                walk(sub, path + [name])
+            return
+        for p in cmd.params:
+            if isinstance(p, click.Option) and not (p.help or "").strip():
+                missing.append(f"{' '.join(path)} {p.opts[0]}")
+
+    walk(typer.main.get_command(app), ["belusim"])
+    assert missing == []

@@ -173,7 +173,7 @@ def compare(
     out: Optional[Path] = typer.Option(None, "--out", help="also write the table (.csv with a .json beside it, or .json)"),
     as_json: bool = typer.Option(False, "--json", help="print {scenario, baseline, results} as JSON", metavar=""),
     goodput: list[str] = typer.Option([], "--goodput", help=GOODPUT_HELP),
-    quiet: bool = typer.Option(False, "--quiet", "-q", metavar=""),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines", metavar=""),
 ):
     """Run systems on the same workload and seed; compare them side by side per phase."""
     from belusim.report.metrics import json_safe, parse_goodput
@@ -232,7 +232,7 @@ def sweep(
                                             "(tcp://host:8786) to run the points on instead"),
     restart: bool = typer.Option(False, "--restart", help="discard points finished by an earlier run", metavar=""),
     as_json: bool = typer.Option(False, "--json", help="print the rows as JSON", metavar=""),
-    quiet: bool = typer.Option(False, "--quiet", "-q", metavar=""),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines", metavar=""),
 ):
     """Run a scenario once per combination of values and write the table. Each point's result is
     appended to <table>.points.jsonl as it arrives; run the same command again after an
@@ -328,7 +328,7 @@ def plan(
                                        "with the same --out reuses the points already run)"),
     report: Optional[Path] = typer.Option(None, "--report", help="write a self-contained HTML report here"),
     as_json: bool = typer.Option(False, "--json", help="print the plan as one JSON object", metavar=""),
-    quiet: bool = typer.Option(False, "--quiet", "-q", metavar=""),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines", metavar=""),
 ):
     """Highest sustainable request rate per system under an SLO, cost per QPS and break-even.
 
@@ -400,7 +400,7 @@ def schema(
 def show(
     scenario: Optional[str] = typer.Argument(None, help="scenario file or packaged name"),
     set_: list[str] = typer.Option([], "--set", help="override a field: path.to.field=value"),
-    calibration: Optional[str] = typer.Option(None, "--calibration"),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="calibration profile name or path"),
 ):
     """Print the fully resolved scenario (cards expanded, overrides applied)."""
     import yaml

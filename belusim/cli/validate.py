@@ -27,7 +27,7 @@ def validate_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="write NAME.json and NAME.md (the error table) here"),
     name: Optional[str] = typer.Option(None, "--name", help="file name stem under --out (default: the scenario's name)"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines", metavar=""),
 ):
     """Replay SCENARIO in real time (same scheduler, block pool, prefix cache, tier index and
     connector as the simulator), simulate it with the same calibration, and print the errors."""
