@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -56,6 +58,25 @@ def load(name: str | None, overrides: list[str], calibration: str | None = None)
     for w in sc.warnings:
         err.print(f"[yellow]warning:[/] {w}", highlight=False)
     return sc, resolved
+
+
+@contextlib.contextmanager
+def _live_progress(quiet: bool):
+    """The progress callback of a run: phase lines on stderr and, on a terminal, a rich
+    spinner with the elapsed time, so that a run of minutes never looks hung."""
+    if quiet:
+        yield None
+        return
+    if not err.is_terminal:
+        yield lambda msg: err.print(f"[dim]{msg}[/]")
+        return
+    t0 = time.perf_counter()
+    with err.status("starting", spinner="dots") as status:
+        def update(msg: str) -> None:
+            err.print(f"[dim]{msg}[/]")
+            status.update(f"{msg} [dim](running for {time.perf_counter() - t0:.0f} s)[/]")
+
+        yield update
 
 
 def _fail(e: str | BaseException) -> None:
@@ -146,8 +167,8 @@ def run(
         slo = parse_goodput(goodput)
         sc, resolved = load(scenario, set_, calibration)
         names = [s.strip() for s in systems.split(",")] if systems else None
-        progress = None if quiet else (lambda msg: err.print(f"[dim]{msg}[/]"))
-        report = run_scenario(sc, resolved, names, out, progress, goodput=slo)
+        with _live_progress(quiet) as progress:
+            report = run_scenario(sc, resolved, names, out, progress, goodput=slo)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
         _fail(e)
     for d in report["details"]:
@@ -191,8 +212,8 @@ def compare(
         base = baseline or names[0]
         if base not in names:
             names.append(base)
-        progress = None if quiet else (lambda msg: err.print(f"[dim]{msg}[/]"))
-        report = run_scenario(sc, resolved, names, None, progress, goodput=slo)
+        with _live_progress(quiet) as progress:
+            report = run_scenario(sc, resolved, names, None, progress, goodput=slo)
         rows = compare_rows(report, base)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
         _fail(e)
