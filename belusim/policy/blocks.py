@@ -20,7 +20,7 @@ class EvictionLog:
     """The most recent evicted keys, addressed by eviction count, so that a waiting request
     can tell whether its matched prefix lost a key without walking it again."""
 
-    KEEP = 1 << 15  # keys kept; an older question gets None (walk again)
+    KEEP = 1 << 12  # keys kept (a few steps of evictions); an older question gets None (walk again)
 
     __slots__ = ("keys", "base")
 
