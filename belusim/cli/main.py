@@ -154,6 +154,7 @@ def run(
     out: Optional[Path] = typer.Option(None, "--out", help="write requests.csv, summary.json and the resolved scenario here"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON object (`belusim schema --output`)", metavar=""),
     goodput: list[str] = typer.Option([], "--goodput", help=GOODPUT_HELP),
+    report_path: Optional[Path] = typer.Option(None, "--report", help="also write a self-contained HTML report here"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines", metavar=""),
 ):
     """Simulate every system of a scenario and print TTFT, TPOT and QPS per phase."""
@@ -167,9 +168,20 @@ def run(
         slo = parse_goodput(goodput)
         sc, resolved = load(scenario, set_, calibration)
         names = [s.strip() for s in systems.split(",")] if systems else None
+        recorder = None
+        if report_path is not None:
+            from belusim.outputs import check_output_file
+            from belusim.report.metrics import Recorder
+
+            check_output_file(report_path, option="--report")
+            recorder = Recorder()
         with _live_progress(quiet) as progress:
-            report = run_scenario(sc, resolved, names, out, progress, goodput=slo)
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
+            report = run_scenario(sc, resolved, names, out, progress, goodput=slo, recorder=recorder)
+        if report_path is not None:
+            from belusim.report.html import run_report
+
+            run_report(report, recorder.rows, report_path)
+    except (ConfigError, ValueError, FileNotFoundError, RuntimeError, OSError) as e:
         _fail(e)
     for d in report["details"]:
         for w in d.get("warnings", []):
@@ -194,6 +206,7 @@ def compare(
     out: Optional[Path] = typer.Option(None, "--out", help="also write the table (.csv with a .json beside it, or .json)"),
     as_json: bool = typer.Option(False, "--json", help="print {scenario, baseline, results} as JSON", metavar=""),
     goodput: list[str] = typer.Option([], "--goodput", help=GOODPUT_HELP),
+    report_path: Optional[Path] = typer.Option(None, "--report", help="also write a self-contained HTML report here"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines", metavar=""),
 ):
     """Run systems on the same workload and seed; compare them side by side per phase."""
@@ -212,10 +225,19 @@ def compare(
         base = baseline or names[0]
         if base not in names:
             names.append(base)
+        if report_path is not None:
+            check_output_file(report_path, option="--report")
+        from belusim.report.metrics import Recorder
+
+        recorder = Recorder()
         with _live_progress(quiet) as progress:
-            report = run_scenario(sc, resolved, names, None, progress, goodput=slo)
+            report = run_scenario(sc, resolved, names, None, progress, goodput=slo, recorder=recorder)
         rows = compare_rows(report, base)
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
+        if report_path is not None:
+            from belusim.report.html import compare_report
+
+            compare_report(report, recorder.rows, rows, base, report_path)
+    except (ConfigError, ValueError, FileNotFoundError, RuntimeError, OSError) as e:
         _fail(e)
     if out is not None:
         write_table(rows, out)
@@ -252,6 +274,7 @@ def sweep(
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="address of a running Dask scheduler "
                                             "(tcp://host:8786) to run the points on instead"),
     restart: bool = typer.Option(False, "--restart", help="discard points finished by an earlier run", metavar=""),
+    report_path: Optional[Path] = typer.Option(None, "--report", help="also write a self-contained HTML report here"),
     as_json: bool = typer.Option(False, "--json", help="print the rows as JSON", metavar=""),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines", metavar=""),
 ):
@@ -265,7 +288,11 @@ def sweep(
         extra = parse_grid(grid)
         with _points_progress(quiet) as (on_start, on_result):
             res = run_sweep(study, set_, out, None, extra, workers, scheduler, restart, on_start, on_result)
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
+        if report_path is not None:
+            from belusim.report.html import sweep_report
+
+            sweep_report(res, report_path)
+    except (ConfigError, ValueError, FileNotFoundError, RuntimeError, OSError) as e:
         _fail(e)
     if as_json:
         sys.stdout.write(json.dumps(json_safe({k: v for k, v in res.items() if k != "details"})) + "\n")
@@ -347,7 +374,7 @@ def plan(
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="address of a running Dask scheduler"),
     out: Optional[Path] = typer.Option(None, "--out", help="directory for plan.json and plan.points.jsonl (a rerun "
                                        "with the same --out reuses the points already run)"),
-    report: Optional[Path] = typer.Option(None, "--report", help="write a self-contained HTML report here"),
+    report_path: Optional[Path] = typer.Option(None, "--report", help="also write a self-contained HTML report here"),
     as_json: bool = typer.Option(False, "--json", help="print the plan as one JSON object", metavar=""),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines", metavar=""),
 ):
@@ -374,10 +401,10 @@ def plan(
                        on_start=(lambda where: progress(f"planning {where}")) if progress else None)
         if out is not None:
             atomic_write(out / "plan.json", json.dumps(json_safe(res), indent=2))
-        if report is not None:
+        if report_path is not None:
             from belusim.report.html import plan_report
 
-            plan_report(res, report)
+            plan_report(res, report_path)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError, OSError) as e:
         _fail(e)
     if as_json:
