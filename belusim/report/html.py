@@ -90,17 +90,19 @@ def _cdf_figure(records, column: str, title: str, scale: float, unit: str):
 
 
 def _breakdown(records) -> list[dict]:
-    """Mean time per request in each stage: queueing (arrival to admission), KV load from the
-    tier, prefill (the rest of TTFT) and decode (first to last token)."""
+    """Mean time per finished request in each stage: where its TTFT went (the per-request
+    parts, which add up to its TTFT; see policy.request.TTFT_PARTS), then decode (first to
+    last token)."""
+    from belusim.policy.request import TTFT_PARTS
+
     done = records[records.status == "finished"]
     rows = []
     for (system, phase), g in done.groupby(["system", "phase"], sort=False):
-        queue = g.queue_s.fillna(0).clip(lower=0)
-        load = g.kv_load_s.fillna(0).clip(lower=0)
-        prefill = (g.ttft_s - queue - load).clip(lower=0)
-        decode = (g.e2e_s - g.ttft_s).clip(lower=0)
-        rows.append({"system": system, "phase": phase, "queue_s": queue.mean(), "kv_load_s": load.mean(),
-                     "prefill_s": prefill.mean(), "decode_s": decode.mean()})
+        row = {"system": system, "phase": phase}
+        for part in TTFT_PARTS:
+            row[part] = float(g[f"ttft_{part}_s"].fillna(0).mean())
+        row["decode"] = float((g.e2e_s - g.ttft_s).clip(lower=0).mean())
+        rows.append(row)
     return rows
 
 
@@ -108,10 +110,11 @@ def _breakdown_figure(rows: list[dict]):
     go = _go()
     fig = go.Figure()
     labels = [f"{r['system']} / {r['phase']}" for r in rows]
-    for key, name in (("queue_s", "queueing"), ("kv_load_s", "KV load from tier"), ("prefill_s", "prefill"),
-                      ("decode_s", "decode")):
-        fig.add_trace(go.Bar(x=labels, y=[r[key] for r in rows], name=name))
-    fig.update_layout(barmode="stack", title="Mean time per request by stage", yaxis_title="s")
+    for key in (k for k in (rows[0] if rows else {}) if k not in ("system", "phase")):
+        if any(r[key] > 0 for r in rows):  # parts no system spent time in stay out of the legend
+            fig.add_trace(go.Bar(x=labels, y=[r[key] for r in rows], name=key.replace("_", " ")))
+    fig.update_layout(barmode="stack", title="Mean time per request by stage (TTFT parts, then decode)",
+                      yaxis_title="s")
     return fig
 
 
@@ -138,8 +141,9 @@ def run_sections(report: dict, records) -> list[Section]:
                 _cdf_figure(records, "ttft_s", "TTFT CDF per system and phase", 1.0, "TTFT (s)"),
                 _cdf_figure(records, "tpot_s", "TPOT CDF per system and phase", 1e3, "TPOT (ms)")]),
             Section("Where the time goes", [_breakdown_figure(_breakdown(records))],
-                    note="Per finished request: queueing (arrival to admission), KV load from the tier, "
-                         "prefill (the rest of TTFT), decode (first to last token); means per system and phase.")]
+                    note="Per finished request, the parts its TTFT is made of (queueing, compute, its own KV "
+                         "load: wire, software stages, connector-thread wait; lookups, metadata RPC, save "
+                         "stalls, other requests' loads), then decode; means per system and phase.")]
     link = _link_figure(report.get("details", []))
     if link is not None:
         secs.append(Section("Links and pool", [link]))
