@@ -3,8 +3,8 @@ timed on the GPU (wall time, synchronized), beside the compute model's step time
 
     python -m belusim.replay.bench SCENARIO [--calibration PROFILE] [--set k=v]... [--out FILE]
 
-It places a miss of `belusim validate` on a component: the decode path (weights, KV read,
-the gather of the context from the paged cache), the prefill path, or the fixed cost of a
+It places a miss of `belusim validate` on a component: the decode path (weights, paged KV
+read, one CUDA-graph launch), the prefill path, or the fixed cost of a
 step (kernel launches, Python), without using any replay's end-to-end result.
 """
 

@@ -3,13 +3,15 @@
 Compute: a transformer of the model card's shape with random bf16 weights made on the GPU
 (nothing downloaded). Every step runs the batch's tokens through every layer: RMSNorm, QKV
 GEMM, the new K/V written into the paged cache, attention, O GEMM, residual, RMSNorm, gated
-MLP, residual; then the LM head on each sequence's last token. Attention is PyTorch's
-scaled_dot_product_attention (FlashAttention/efficient kernels chosen by PyTorch) over each
-sequence's context gathered from the paged cache through its block table: prefill chunks one
-sequence at a time with a lower-right causal mask, decodes batched with queries grouped per
-KV head and a padding mask. The gather is a copy the real paged kernels do not make; its
-cost is part of what the replay measures (no rotary embedding, no q/k norms, no sampling:
-output lengths come from the workload).
+MLP, residual; then the LM head on each sequence's last token. Attention, as vLLM runs it:
+decode tokens by a paged split-K kernel (paged_attention.py) that reads each sequence's K/V
+blocks in place through its block table; prefill chunks one sequence at a time by PyTorch's
+scaled_dot_product_attention over the context gathered from the paged cache (a copy vLLM's
+kernels do not make, small beside a chunk's GEMMs), with a lower-right causal mask.
+Decode-only steps run as CUDA graphs captured per padded batch size (vLLM's default sizes),
+mixed steps eagerly; a step's index arrays reach the GPU in one copy from pinned memory, so
+issuing a step never waits for the GPU. No rotary embedding, no q/k norms, no sampling:
+output lengths come from the workload.
 
 KV cache: one bf16 tensor [layers, 2, blocks, block_size, kv_heads, head_dim], so a block is
 2 x layers fragments of block_size x kv_heads x head_dim, the card's layout.
@@ -86,7 +88,10 @@ class CudaBackend:
         self.lm_head = w(h, m.vocab)
         self.x = w(eng.max_num_batched_tokens, h)  # the step's input activations (no embedding lookup)
         self.num_gpu_blocks = num_gpu_blocks
-        self.kv = torch.empty(m.layers, 2, num_gpu_blocks, self.bs, self.Hkv, self.D, device=dev, dtype=dt)
+        # one block more than the engine's: the padding rows of a CUDA-graph decode step write
+        # their K/V there (vLLM's padded slots write nowhere the scheduler can see)
+        self.pad_block = num_gpu_blocks
+        self.kv = torch.empty(m.layers, 2, num_gpu_blocks + 1, self.bs, self.Hkv, self.D, device=dev, dtype=dt)
         self.kv.normal_(generator=g)
         self.frag_bytes = self.bs * self.Hkv * self.D * 2
         self.block_bytes = self.frag_bytes * 2 * m.layers
@@ -98,13 +103,21 @@ class CudaBackend:
         # fragment addresses of GPU block b: base + ((l*2 + kv) * NB + b) * frag_bytes
         self.kv_base = self.kv.data_ptr()
         lk = np.arange(self.fpb, dtype=np.uint64)  # l*2 + kv, in the pool's order
-        self._gpu_frag_off = lk * np.uint64(num_gpu_blocks * self.frag_bytes)
+        self._gpu_frag_off = lk * np.uint64((num_gpu_blocks + 1) * self.frag_bytes)
         self.pool = None
         self.num_pool_chunks = 0
         self._host_ptr = None
         self.chunk_blocks = max(1, kv.chunk_tokens // self.bs)
+        try:
+            from belusim.replay.paged_attention import PagedDecode
+        except ImportError as e:
+            raise RuntimeError(f"--backend cuda needs Triton for its paged decode attention ({e})") from None
+        self._paged_decode = PagedDecode
+        self._pin = None  # pinned host staging buffer of the step's index arrays (see _stage)
+        self._graphs, self._graph_sizes = {}, []  # decode-only steps (see _capture_decode_graphs)
         self.info = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
-                     "attention": "torch sdpa over K/V gathered from the paged cache",
+                     "attention": "prefill: torch sdpa over K/V gathered from the paged cache; decode: "
+                                  "paged split-K Triton kernel reading K/V blocks in place",
                      "copy_method": self.copy_method}
         if kv.kind != "hbm-only":
             if kv.kind != "local-dram":
@@ -128,6 +141,7 @@ class CudaBackend:
             self.info["pool_setup_s"] = time.perf_counter() - t0
             self.pool_sums = cp.zeros(self.num_pool_chunks * self.chunk_blocks, dtype=cp.uint64)
         self._warm_up()
+        self._capture_decode_graphs(eng.max_num_seqs)
         torch.cuda.synchronize()
         self.description = (f"cuda: {self.info['gpu']}, random-weight {m.id} shape in bf16, "
                             f"{self.info['attention']}; KV copies by {self.copy_method}")
@@ -159,40 +173,70 @@ class CudaBackend:
         s = (t[:, None] * self.bs + np.arange(self.bs)[None, :]).reshape(-1)
         return s[:upto]
 
+    def _stage(self, arrays):
+        """Copy int64 index arrays to the GPU in one non-blocking copy out of a pinned host
+        buffer (a copy from pageable memory waits for the stream, which would serialize the
+        step's issue with its execution). Safe to reuse: every step ends synchronized."""
+        torch = self.torch
+        n = sum(len(a) for a in arrays)
+        if self._pin is None or self._pin.numel() < n:
+            cap = max(n, 2 * (0 if self._pin is None else self._pin.numel()), 4096)
+            self._pin = torch.empty(cap, dtype=torch.int64, pin_memory=True)
+            self._pin_np = self._pin.numpy()
+            self._dev_idx = torch.empty(cap, dtype=torch.int64, device=self.dev)
+        out, o = [], 0
+        for a in arrays:
+            self._pin_np[o:o + len(a)] = a
+            out.append((o, len(a)))
+            o += len(a)
+        self._dev_idx[:n].copy_(self._pin[:n], non_blocking=True)
+        return [self._dev_idx[i:i + k] for i, k in out]
+
     def compute(self, seqs, plan) -> None:
         torch, F = self.torch, self.torch.nn.functional
         from torch.nn.attention.bias import causal_lower_right
 
         t_issue = time.perf_counter()
+        if self._graphs and len(seqs) <= self._graph_sizes[-1] and all(n == 1 and c > 0 for _t, c, n in seqs):
+            self._replay_decode(seqs)
+            self.last_issue_s = time.perf_counter() - t_issue
+            torch.cuda.synchronize()
+            return
         T = plan.tokens
         x = self.x[:T]
         write_slots, prefills, decodes = [], [], []
         off = 0
         for table, ctx, n in seqs:
-            slots = self._token_slots(table, ctx + n)
-            write_slots.append(slots[ctx:])
             if n == 1 and ctx > 0:
-                decodes.append((off, slots))
+                slots = np.asarray(table[ctx // self.bs:ctx // self.bs + 1], dtype=np.int64) * self.bs + ctx % self.bs
+                write_slots.append(slots)
+                decodes.append((off, table, ctx + 1))
             else:
+                slots = self._token_slots(table, ctx + n)
+                write_slots.append(slots[ctx:])
                 prefills.append((off, ctx, n, slots))
             off += n
-        dev = self.dev
-        wslots = torch.from_numpy(np.concatenate(write_slots)).to(dev, non_blocking=True)
-        pre = [(o, c, n, torch.from_numpy(s).to(dev, non_blocking=True)) for o, c, n, s in prefills]
+        arrays = [np.concatenate(write_slots), np.cumsum([n for _t, _c, n in seqs]) - 1]
+        arrays += [s for _o, _c, _n, s in prefills]
         if decodes:
-            B, S = len(decodes), max(len(s) for _o, s in decodes)
-            idx = np.zeros((B, S), dtype=np.int64)
-            mask = np.zeros((B, 1, 1, S), dtype=bool)
-            for i, (_o, s) in enumerate(decodes):
-                idx[i, :len(s)] = s
-                mask[i, 0, 0, :len(s)] = True
-            didx = torch.from_numpy(idx).to(dev, non_blocking=True)
-            same = all(len(s) == S for _o, s in decodes)  # no padding: no mask, the fast kernels
-            dmask = None if same else torch.from_numpy(mask).to(dev, non_blocking=True)
-            drows = torch.tensor([o for o, _s in decodes], device=dev)
+            B = len(decodes)
+            nbmax = max(-(-ln // self.bs) for _o, _t, ln in decodes)
+            bt = np.zeros((B, nbmax), dtype=np.int64)
+            for i, (_o, t, ln) in enumerate(decodes):
+                k = -(-ln // self.bs)
+                bt[i, :k] = t[:k]
+            lens = np.array([ln for _o, _t, ln in decodes], dtype=np.int64)
+            arrays += [bt.reshape(-1), lens, np.array([o for o, _t, _l in decodes], dtype=np.int64)]
+        staged = self._stage(arrays)
+        wslots, last = staged[0], staged[1]
+        pre = [(o, c, n, s) for (o, c, n, _s), s in zip(prefills, staged[2:2 + len(prefills)])]
         Hq, Hkv, D, qd, kvd = self.Hq, self.Hkv, self.D, self.qd, self.kvd
-        grp = Hq // Hkv
-        nb = self.num_gpu_blocks * self.bs
+        if decodes:
+            dbt, dlens, drows = staged[-3].view(B, nbmax), staged[-2], staged[-1]
+            pd = self._paged_decode(B, Hq, Hkv, D, int(lens.max()), self.dev)
+            dout = torch.empty(B, Hq, D, device=self.dev, dtype=self.dt)
+        nb = (self.num_gpu_blocks + 1) * self.bs
+        attn = torch.empty(T, qd, device=self.dev, dtype=self.dt)
         for li, (wqkv, wo, wgu, wd) in enumerate(self.layers):
             h = F.rms_norm(x, (x.shape[-1],), self.ln, 1e-6)
             q, k, v = (h @ wqkv).split([qd, kvd, kvd], dim=-1)
@@ -200,7 +244,6 @@ class CudaBackend:
             vc = self.kv[li, 1].view(nb, Hkv, D)
             kc.index_copy_(0, wslots, k.reshape(T, Hkv, D))
             vc.index_copy_(0, wslots, v.reshape(T, Hkv, D))
-            attn = torch.empty(T, qd, device=dev, dtype=self.dt)
             for o, c, n, s in pre:
                 S = c + n
                 kk = kc.index_select(0, s).transpose(0, 1).unsqueeze(0)
@@ -212,20 +255,90 @@ class CudaBackend:
                     a = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=causal_lower_right(n, S), enable_gqa=True)
                 attn[o:o + n] = a[0].transpose(0, 1).reshape(n, qd)
             if decodes:
-                kk = kc[didx].transpose(1, 2)  # [B, Hkv, S, D]
-                vv = vc[didx].transpose(1, 2)
-                qq = q.index_select(0, drows).view(len(decodes), Hkv, grp, D)
-                a = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=dmask)
-                attn.index_copy_(0, drows, a.reshape(len(decodes), qd))
+                pd(q.index_select(0, drows).view(B, Hq, D), self.kv[li, 0], self.kv[li, 1], dbt, dlens, dout)
+                attn.index_copy_(0, drows, dout.view(B, qd))
             x2 = x + attn @ wo
             h2 = F.rms_norm(x2, (x2.shape[-1],), self.ln, 1e-6)
             gate, up = (h2 @ wgu).chunk(2, dim=-1)
             x = x2 + (F.silu(gate) * up) @ wd
-        last = torch.from_numpy(np.cumsum([n for _t, _c, n in seqs]) - 1).to(dev)
         logits = x.index_select(0, last) @ self.lm_head
         logits.argmax(dim=-1)
         self.last_issue_s = time.perf_counter() - t_issue  # CPU time to issue the step's kernels
         torch.cuda.synchronize()
+
+    # -- decode steps as CUDA graphs ----------------------------------------------------------
+    def _decode_body(self, Bp: int) -> None:
+        """A decode-only step of Bp sequences (rows 0..Bp-1), reading its indices from the
+        static buffers; captured once per padded batch size."""
+        F = self.torch.nn.functional
+        Hq, Hkv, D, qd, kvd = self.Hq, self.Hkv, self.D, self.qd, self.kvd
+        nb = (self.num_gpu_blocks + 1) * self.bs
+        x = self.x[:Bp]
+        wslots, bt, lens = self._g_wslots[:Bp], self._g_bt[:Bp], self._g_lens[:Bp]
+        pd = self._g_plans[Bp]
+        attn = self.torch.empty(Bp, Hq, D, device=self.dev, dtype=self.dt)
+        for li, (wqkv, wo, wgu, wd) in enumerate(self.layers):
+            h = F.rms_norm(x, (x.shape[-1],), self.ln, 1e-6)
+            q, k, v = (h @ wqkv).split([qd, kvd, kvd], dim=-1)
+            self.kv[li, 0].view(nb, Hkv, D).index_copy_(0, wslots, k.reshape(Bp, Hkv, D))
+            self.kv[li, 1].view(nb, Hkv, D).index_copy_(0, wslots, v.reshape(Bp, Hkv, D))
+            pd(q.view(Bp, Hq, D), self.kv[li, 0], self.kv[li, 1], bt, lens, attn)
+            x2 = x + attn.view(Bp, qd) @ wo
+            h2 = F.rms_norm(x2, (x2.shape[-1],), self.ln, 1e-6)
+            gate, up = (h2 @ wgu).chunk(2, dim=-1)
+            x = x2 + (F.silu(gate) * up) @ wd
+        (x @ self.lm_head).argmax(dim=-1)
+
+    def _capture_decode_graphs(self, max_num_seqs: int) -> None:
+        """Capture decode-only steps as CUDA graphs, one per padded batch size (vLLM's
+        default capture sizes 1, 2, 4, 8, 16, 24, ... up to max_num_seqs, here capped at 256),
+        so a decode step is one graph launch instead of hundreds of kernel launches from
+        Python. Mixed prefill/decode steps stay eager."""
+        torch = self.torch
+        top = min(max_num_seqs, 256, self.x.shape[0])
+        sizes = sorted({s for s in [1, 2, 4] + list(range(8, top + 1, 8)) if s <= top} | {top})
+        cap_tokens = self.num_gpu_blocks * self.bs  # the longest context the cache can hold
+        nbmax = self.num_gpu_blocks
+        self._g_wslots = torch.full((top,), self.pad_block * self.bs, dtype=torch.int64, device=self.dev)
+        self._g_lens = torch.ones(top, dtype=torch.int64, device=self.dev)
+        self._g_bt = torch.full((top, nbmax), self.pad_block, dtype=torch.int64, device=self.dev)
+        self._g_plans = {Bp: self._paged_decode(Bp, self.Hq, self.Hkv, self.D, cap_tokens, self.dev) for Bp in sizes}
+        pool = torch.cuda.graph_pool_handle()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for Bp in sizes:  # compile and autotune outside capture
+                self._decode_body(Bp)
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for Bp in reversed(sizes):  # largest first: the smaller ones reuse its memory pool
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=pool):
+                self._decode_body(Bp)
+            self._graphs[Bp] = g
+        torch.cuda.synchronize()
+        self._graph_sizes = sizes
+        self.info["decode_cuda_graphs"] = {"batch_sizes": sizes, "capture_s": round(time.perf_counter() - t0, 3)}
+
+    def _replay_decode(self, seqs) -> None:
+        B = len(seqs)
+        Bp = next(s for s in self._graph_sizes if s >= B)
+        bs = self.bs
+        nbmax = max(-(-(c + 1) // bs) for _t, c, _n in seqs)
+        bt = np.full((Bp, nbmax), self.pad_block, dtype=np.int64)
+        wslots = np.full(Bp, self.pad_block * bs, dtype=np.int64)
+        lens = np.ones(Bp, dtype=np.int64)
+        for i, (t, c, _n) in enumerate(seqs):
+            k = c // bs + 1
+            bt[i, :k] = t[:k]
+            wslots[i] = bt[i, c // bs] * bs + c % bs
+            lens[i] = c + 1
+        d_w, d_l, d_bt = self._stage([wslots, lens, bt.reshape(-1)])
+        self._g_wslots[:Bp].copy_(d_w)
+        self._g_lens[:Bp].copy_(d_l)
+        self._g_bt[:Bp, :nbmax].copy_(d_bt.view(Bp, nbmax))
+        self._graphs[Bp].replay()
 
     # -- transfers --------------------------------------------------------------------------
     def _gpu_frags(self, blocks) -> np.ndarray:

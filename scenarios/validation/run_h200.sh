@@ -10,9 +10,13 @@ left() { echo $(( ${BUDGET:-570} - ($(date +%s) - T0) )); }
 {
 nvidia-smi --query-gpu=name,driver_version,pcie.link.gen.current,pcie.link.width.current,memory.total --format=csv
 date -u
-timeout 120 python3 -c "from belusim.cli.main import app; app()" calibrate probe --out $R/h200-val.json --name h200-val 2>&1 | grep -v "^\s*$" | tail -30
-CAL=$R/h200-val.json
-[ -f $CAL ] || CAL=h200-host
+if [ -n "$CAL" ]; then  # CAL=profile: reuse a profile (e.g. the committed reports/validation/h200-val.json)
+  cp $CAL $R/
+else
+  timeout 120 python3 -c "from belusim.cli.main import app; app()" calibrate probe --out $R/h200-val.json --name h200-val 2>&1 | grep -v "^\s*$" | tail -30
+  CAL=$R/h200-val.json
+  [ -f $CAL ] || CAL=h200-host
+fi
 echo "calibration: $CAL"
 timeout 60 python3 -m belusim.replay.bench scenarios/validation/single.yaml --calibration $CAL --set engine.kv_blocks=12000 --out $R/bench-llama.json
 for M in llama qwen; do
