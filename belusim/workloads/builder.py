@@ -7,6 +7,7 @@ open-loop arrival times draw from a stream that also depends on the phase name.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -52,21 +53,40 @@ def rng_for(seed: int, *parts: object) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFFFFFFFFFF, hash_str(*parts)])
 
 
+DATA_DIR_ENV = "BELUSIM_DATA_DIR"
+
+
 def resolve_path(p: Path, base_dir: Path | None, field: str = "path") -> Path:
-    """Absolute paths as they are; relative ones against base_dir (the scenario file's
-    directory), then the current directory."""
+    """Absolute paths as they are; a relative one against base_dir (the scenario file's
+    directory), then the current directory, then $BELUSIM_DATA_DIR if set (there the path
+    as written, without its leading `..` parts, then its bare file name: a scenario installed
+    in site-packages keeps its repository-relative path but its data lives elsewhere)."""
     p = Path(p).expanduser()
     if p.is_absolute():
         if not p.exists():
-            raise WorkloadError.at(p, "not found", field=field)
+            raise WorkloadError.at(p, f"not found; point at the file with --set workload.{field}=PATH",
+                                   field=field)
         return p
-    tried = []
+    cands: list[Path] = []
     for base in ([Path(base_dir)] if base_dir is not None else []) + [Path.cwd()]:
-        cand = base / p
+        cands.append(base / p)
+    data_dir = os.environ.get(DATA_DIR_ENV)
+    if data_dir:
+        d = Path(data_dir).expanduser()
+        parts = p.parts
+        while parts and parts[0] in ("..", "."):
+            parts = parts[1:]
+        cands += [d / p] + ([d.joinpath(*parts)] if parts else []) + [d / p.name]
+    tried: list[str] = []
+    for cand in cands:
+        if str(cand) in tried:
+            continue
         tried.append(str(cand))
-        if cand.exists():
+        if cand.exists():  # LV-Eval's path may be a folder
             return cand
-    raise WorkloadError.at(p, f"not found (tried {', '.join(tried)})", field=field)
+    how = (f"point at the file with --set workload.{field}=PATH"
+           + ("" if data_dir else f", or set {DATA_DIR_ENV} to the folder that holds it"))
+    raise WorkloadError.at(p, "not found; tried:\n  " + "\n  ".join(tried) + f"\n{how}", field=field)
 
 
 def lveval_requests(prompts: list[LvevalPrompt], block_size: int, outputs: np.ndarray) -> list[RequestSpec]:
