@@ -113,3 +113,16 @@ def test_empty_phases_and_duplicate_phase_names_are_refused(tiny):
         resolve_scenario(tiny, ["run.phases=[]"])
     with pytest.raises(ConfigError, match="phase names must be unique"):
         resolve_scenario(tiny, ["run.phases=[{name: a}, {name: a}]"])
+
+
+@pytest.mark.parametrize("value", [{"name": "h200-host"}, ["h200-host"], 3])
+def test_calibration_that_is_not_a_string_names_file_and_field(tiny, value):
+    data = yaml.safe_load(tiny.read_text())
+    data["calibration"] = value
+    tiny.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(ConfigError, match=r"calibration: expected a profile name or path") as e:
+        resolve_scenario(tiny)
+    assert str(e.value).startswith(f"{tiny}: ")
+    res = CliRunner().invoke(app, ["run", str(tiny)])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "calibration: expected a profile name or path" in " ".join(res.output.split())

@@ -913,6 +913,10 @@ def resolve_scenario(
     data = _expand_cards(raw, where, early)
     cal = calibration or data.get("calibration")
     warnings: list[str] = []
+    if cal is not None and not isinstance(cal, str):
+        # Checked before the profile is looked up: pydantic only sees the field afterwards.
+        raise ConfigError(f"{where}: calibration: expected a profile name or path (a string), "
+                          f"got a {type(cal).__name__}: {cal!r:.80}")
     if cal:
         prof = find_profile(cal, base_dir)
         fitted = load_profile_overrides(prof)
