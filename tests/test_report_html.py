@@ -108,3 +108,24 @@ def test_the_browser_check_catches_a_broken_page(tmp_path):
     assert any("undefinedFunction" in e for e in errors)
     with pytest.raises(AssertionError, match="not drawn"):
         check_figures(dom, 1)
+
+
+@needs_chromium
+def test_validate_report_opens_in_chromium(tmp_path):
+    """`belusim validate --report` on the emulated backend: the error table and, per phase,
+    predicted against measured TTFT and TPOT CDFs."""
+    from tests.test_replay import SCENARIO
+
+    sc = tmp_path / "replay.yaml"
+    sc.write_text(yaml.safe_dump(SCENARIO))
+    page = tmp_path / "validate.html"
+    r = CliRunner().invoke(app, ["validate", str(sc), "--backend", "emulated", "-q", "--report", str(page)])
+    assert r.exit_code == 0, r.output
+    text = page.read_text()
+    assert "TTFT CDF, phase hit" in text and "TPOT CDF, phase populate" in text
+    assert "TTFT mean (ms)" in text  # the error table
+    dom, _log, errors = open_in_chromium(page, page.with_suffix(".png"))
+    assert errors == [], errors
+    check_figures(dom, 4)  # 2 phases x (TTFT, TPOT)
+    for fig in re.split(r'<div id="fig\d+" class="plotly-graph-div[^"]*"', dom)[1:]:
+        assert fig.count('class="trace scatter') >= 2, "a figure lacks its predicted or measured line"

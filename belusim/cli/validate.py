@@ -27,11 +27,12 @@ def validate_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="write NAME.json and NAME.md (the error table) here"),
     name: Optional[str] = typer.Option(None, "--name", help="file name stem under --out (default: the scenario's name)"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+    report_path: Optional[Path] = typer.Option(None, "--report", help="also write a self-contained HTML report here"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines", metavar=""),
 ):
     """Replay SCENARIO in real time (same scheduler, block pool, prefix cache, tier index and
     connector as the simulator), simulate it with the same calibration, and print the errors."""
-    from belusim.cli.main import _fail, err, load
+    from belusim.cli.main import _fail, check_output_file, err, load
     from belusim.config.scenario import ConfigError
     from belusim.report.metrics import json_safe
     from belusim.replay.emulated import ChecksumError
@@ -43,6 +44,8 @@ def validate_cmd(
     progress = None if quiet else (lambda msg: err.print(f"[dim]{msg}[/]"))
     try:
         sc, _ = load(scenario, set_, calibration)
+        if report_path is not None:
+            check_output_file(report_path, option="--report")
         if against is not None:
             report = against_result(sc, system, against)
         else:
@@ -57,6 +60,10 @@ def validate_cmd(
     if out is not None:
         command = "belusim validate " + " ".join(shlex.quote(a) for a in sys.argv[2:])
         write_report(report, out, name or sc.name, command)
+    if report_path is not None:
+        from belusim.report.html import validate_report
+
+        validate_report(report, report_path)
     if as_json:
         sys.stdout.write(json.dumps(json_safe(report)) + "\n")
         return

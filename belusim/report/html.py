@@ -1,5 +1,5 @@
 """Self-contained HTML reports (plotly.js inlined: the file opens offline) for run, compare,
-sweep and plan, and `html_report` for any other command that has figures to show."""
+sweep, plan and validate, and `html_report` for any other command that has figures to show."""
 
 from __future__ import annotations
 
@@ -270,3 +270,43 @@ def plan_report(res: dict, path: Path) -> Path:
                                    for k, v in res["target"].items()]))
     return html_report(f"belusim plan: {res['scenario']}", secs, path,
                        subtitle=f"{len(res['points'])} simulated runs.")
+
+
+def _pred_meas_cdf(frames: dict, column: str, phase: str, title: str, scale: float, unit: str):
+    """One CDF per source (predicted, measured) of `column` over the phase's finished requests."""
+    go = _go()
+    fig = go.Figure()
+    for source, df in frames.items():
+        g = df[(df.status == "finished") & (df.phase == phase)]
+        x = np.sort(g[column].dropna().to_numpy() * scale)
+        if x.size:
+            fig.add_trace(go.Scatter(x=x, y=np.arange(1, x.size + 1) / x.size, mode="lines", name=source,
+                                     line_shape="hv", line_dash="solid" if source == "measured" else "dash"))
+    fig.update_layout(title=title, xaxis_title=unit, yaxis_title="share of requests", yaxis_range=[0, 1.02])
+    return fig if fig.data else None
+
+
+def validate_report(report: dict, path: Path) -> Path:
+    """Predicted against measured: the error table and TTFT/TPOT CDFs per phase. A comparison
+    with a `vllm bench serve` result file (no per-request records) has the table only."""
+    frames = {src: records_frame([tuple(r) for r in report[key]])
+              for src, key in (("predicted", "requests_predicted"), ("measured", "requests_measured"))
+              if report.get(key)}
+    secs = []
+    for ph in report["phases"]:
+        table = [{"metric": r["metric"], "predicted": r["predicted"], "measured": r["measured"],
+                  "error": "-" if r["rel_error"] is None or r["rel_error"] != r["rel_error"]
+                  else f"{100 * r['rel_error']:+.1f}%",
+                  "target": "" if r["target"] is None else f"{100 * r['target']:.0f}% " + (
+                      "ok" if r["within"] else ("MISS" if r["within"] is False else ""))}
+                 for r in ph["errors"]]
+        figs = [f for f in (
+            _pred_meas_cdf(frames, "ttft_s", ph["phase"], f"TTFT CDF, phase {ph['phase']}", 1e3, "TTFT (ms)"),
+            _pred_meas_cdf(frames, "tpot_s", ph["phase"], f"TPOT CDF, phase {ph['phase']}", 1e3, "TPOT (ms)"))
+            if f is not None] if len(frames) == 2 else []
+        secs.append(Section(f"Phase {ph['phase']}", figs, table=table,
+                            note="error = (predicted - measured) / measured; dashed: predicted, solid: measured."))
+    rp = report.get("replay") or {}
+    sub = (f"Replay backend: {rp.get('backend')}; {rp.get('steps')} steps." if rp
+           else f"Prediction against {report.get('against')}.")
+    return html_report(f"belusim validate: {report['scenario']} ({report['system']})", secs, path, subtitle=sub)

@@ -111,6 +111,7 @@ def validate(scenario: Scenario, system_name: str | None, backend_kind: str, poo
         "replay": replay,
         "prediction": {"transfers": run.transfers, "engine_steps": run.steps, "checks": run.checks},
         "requests_measured": [list(r) for r in meas.rows],
+        "requests_predicted": [list(r) for r in pred.rows],
     }
 
 
