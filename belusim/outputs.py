@@ -172,6 +172,67 @@ class OutputDir:
         return False
 
 
+class OutputFiles:
+    """The manifest of a command whose output is a few files (a table and its .json), kept
+    beside the main file as ``<file>.manifest.json``: ``incomplete`` from the start of the
+    work, ``complete`` with the files' sizes and hashes once all are written. Each file is
+    itself written atomically; the manifest says whether they belong to one finished run.
+
+        with OutputFiles(out, command="compare", files=[out, out.with_suffix(".json")]) as of:
+            ... work ...
+            write_table(rows, out)
+    """
+
+    def __init__(self, main: Path, *, command: str, files: Iterable[Path]):
+        self.main = Path(main)
+        self.manifest = manifest_for(self.main)
+        self.files = [Path(p) for p in files]
+        self.command = command
+        self.info: dict = {}
+        self._started = time.time()
+
+    def note(self, **info) -> None:
+        self.info.update(info)
+        self._write("incomplete")
+
+    def _write(self, status: str, error: str | None = None) -> None:
+        root = self.main.parent
+        files = []
+        if status == "complete":
+            files = [_file_entry(p, root) for p in self.files if p.is_file()]
+        data = {
+            "writer": "belusim",
+            "command": self.command,
+            "argv": sys.argv[1:],
+            "status": status,
+            "started_unix": self._started,
+            "finished_unix": time.time() if status != "incomplete" or error else None,
+            **({"error": error} if error else {}),
+            **self.info,
+            "files": files,
+        }
+        atomic_write(self.manifest, json.dumps(data, indent=2, default=str) + "\n")
+
+    def __enter__(self) -> "OutputFiles":
+        self._write("incomplete")
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            reason = "interrupted" if issubclass(exc_type, KeyboardInterrupt) else f"{exc_type.__name__}: {exc}"
+            with contextlib.suppress(OSError):
+                self._write("incomplete", error=reason)
+            return False
+        self._write("complete")
+        return False
+
+
+def manifest_for(path: Path) -> Path:
+    """Where the manifest of a file output (a compare or sweep table) lives."""
+    path = Path(path)
+    return path.with_name(path.name + ".manifest.json")
+
+
 @contextlib.contextmanager
 def atomic_open(path: Path, mode: str = "w", **kw) -> Iterator:
     """Open a temporary sibling of `path`; on success it replaces `path`, on error it is removed."""

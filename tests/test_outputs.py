@@ -137,3 +137,54 @@ def test_trace_convert_refuses_to_overwrite_its_source(tmp_path):
     r = CliRunner().invoke(trace_app, ["convert", str(src), "--out", str(src)])
     assert r.exit_code == 2 and "is also the input" in r.output
     assert src.read_bytes() == before
+
+
+def _sweep_file(tmp_path, tiny, out):
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(yaml.safe_dump({"name": "s", "scenario": str(tiny), "systems": ["hbm-only"],
+                                     "parameter": "run.seed", "values": [1], "output": str(out)}))
+    return sweep
+
+
+@pytest.mark.parametrize("command", ["compare", "sweep"])
+def test_compare_and_sweep_out_write_a_complete_manifest(tmp_path, tiny, command):
+    from belusim.outputs import manifest_for
+
+    out = tmp_path / "t.csv"
+    args = (["compare", str(tiny), "--systems", "hbm-only", "--out", str(out)] if command == "compare"
+            else ["sweep", str(_sweep_file(tmp_path, tiny, out))])
+    r = CliRunner().invoke(app, args + ["-q"])
+    assert r.exit_code == 0, r.output
+    m = json.loads(manifest_for(out).read_text())
+    assert m["writer"] == "belusim" and m["command"] == command and m["status"] == "complete"
+    names = {f["path"] for f in m["files"]}
+    assert {"t.csv", "t.json"} <= names and all(f["bytes"] > 0 and len(f["sha256"]) == 64 for f in m["files"])
+    assert ("t.points.jsonl" in names) == (command == "sweep")
+
+
+@pytest.mark.parametrize("command", ["compare", "sweep"])
+def test_an_interrupted_table_write_leaves_an_incomplete_manifest(tmp_path, tiny, monkeypatch, command):
+    import belusim.study.sweep as sweep_mod
+    from belusim.outputs import manifest_for
+
+    def torn(rows, path):  # the CSV lands, then the process is stopped before its .json
+        path.write_text("half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep_mod, "write_table", torn)
+    out = tmp_path / "t.csv"
+    args = (["compare", str(tiny), "--systems", "hbm-only", "--out", str(out)] if command == "compare"
+            else ["sweep", str(_sweep_file(tmp_path, tiny, out))])
+    CliRunner().invoke(app, args + ["-q"])
+    m = json.loads(manifest_for(out).read_text())
+    assert m["status"] == "incomplete" and m["error"] == "interrupted" and m["files"] == []
+
+
+def test_compare_that_fails_marks_its_manifest_incomplete_with_the_error(tmp_path, tiny):
+    from belusim.outputs import manifest_for
+
+    out = tmp_path / "t.csv"
+    r = CliRunner().invoke(app, ["compare", str(tiny), "--systems", "nope", "--out", str(out), "-q"])
+    assert r.exit_code == 2
+    m = json.loads(manifest_for(out).read_text())
+    assert m["status"] == "incomplete" and "nope" in m["error"]

@@ -214,11 +214,16 @@ def compare(
     from belusim.sim.runner import run_scenario
     from belusim.study.sweep import RATIO_KEYS, compare_rows, write_table
 
+    from belusim.outputs import OutputFiles
+
+    manifest = None
     try:
         if out is not None:
             check_output_file(out)
             if out.suffix != ".json":
                 check_output_file(out.with_suffix(".json"))
+            files = [out] + ([out.with_suffix(".json")] if out.suffix != ".json" else [])
+            manifest = OutputFiles(out, command="compare", files=files).__enter__()  # incomplete until written
         slo = parse_goodput(goodput)
         sc, resolved = load(scenario, set_, calibration)
         names = [s.strip() for s in systems.split(",")] if systems else [s.name for s in sc.systems]
@@ -238,9 +243,12 @@ def compare(
 
             compare_report(report, recorder.rows, rows, base, report_path)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError, OSError) as e:
+        if manifest is not None:
+            manifest.__exit__(type(e), e, None)
         _fail(e)
-    if out is not None:
-        write_table(rows, out)
+    if manifest is not None:
+        with manifest:
+            write_table(rows, out)
     if as_json:
         sys.stdout.write(json.dumps(json_safe({"scenario": sc.name, "baseline": base, "results": rows})) + "\n")
         return

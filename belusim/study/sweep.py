@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from belusim.config.lookup import find_scenario
 from belusim.config.scenario import ConfigError, resolve_scenario
 from belusim.inputs import parse_yaml, read_yaml
-from belusim.outputs import atomic_open, atomic_write, check_output_file
+from belusim.outputs import OutputFiles, atomic_open, atomic_write, check_output_file
 from belusim.report.metrics import json_safe
 from belusim.sim.runner import RESULT_KEYS
 
@@ -168,17 +168,20 @@ def run_sweep(path: Path, extra_set: list[str] | None = None, output: Path | Non
         store_path.unlink()
     store = PointStore(store_path)
     already = sum(1 for p in points if p.key in store.done)
-    with Executor(workers, scheduler) as ex:
-        if on_start:
-            on_start(len(points), already, ex.where)
-        if progress:
-            progress(f"{sweep.name}: {len(points)} points, {already} already done, {ex.where}")
-        results = ex.run(points, store, on_result)
-    rows = []
-    for p, res in zip(points, results):
-        for s in res["results"]:
-            rows.append({**p.labels, **s})
-    write_table(rows, out)
+    files = [out] + ([out.with_suffix(".json")] if out.suffix != ".json" else []) + [store_path]
+    with OutputFiles(out, command="sweep", files=files) as manifest:
+        manifest.note(sweep=sweep.name, points=len(points), resumed=already)
+        with Executor(workers, scheduler) as ex:
+            if on_start:
+                on_start(len(points), already, ex.where)
+            if progress:
+                progress(f"{sweep.name}: {len(points)} points, {already} already done, {ex.where}")
+            results = ex.run(points, store, on_result)
+        rows = []
+        for p, res in zip(points, results):
+            for s in res["results"]:
+                rows.append({**p.labels, **s})
+        write_table(rows, out)
     axes = sweep.axes()
     return {"sweep": sweep.name, "parameter": axes[0][0], "parameters": [a[0] for a in axes],
             "labels": [a[1] for a in axes], "output": str(out), "points": str(store_path),
