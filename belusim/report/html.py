@@ -131,6 +131,27 @@ def _link_figure(details: list[dict]):
     return fig
 
 
+def _series_figure(details: list[dict]):
+    """Utilisation over time of each system's busiest links, one line per link."""
+    go = _go()
+    fig = go.Figure()
+    for d in details:
+        ser = d.get("utilisation_series") or {}
+        w = ser.get("bucket_s")
+        for name, u in (ser.get("links") or {}).items():
+            fig.add_trace(go.Scatter(x=[(k + 0.5) * w for k in range(len(u))], y=[100 * v for v in u],
+                                     mode="lines", name=f"{d['system']}: {name}"))
+        for name, u in (ser.get("pools") or {}).items():
+            fig.add_trace(go.Scatter(x=[(k + 0.5) * w for k in range(len(u))], y=[100 * v for v in u],
+                                     mode="lines", line_dash="dot", name=f"{d['system']}: {name} (chunks held)"))
+    if not fig.data:
+        return None
+    fig.update_layout(title="Link utilisation and pool occupancy over time (busiest links per system; dotted: "
+                            "pool tiers, share of chunks held)", xaxis_title="simulated time (s)",
+                      yaxis_title="% of capacity")
+    return fig
+
+
 def run_sections(report: dict, records) -> list[Section]:
     """Sections for a run or compare: the summary table, CDFs, breakdown and utilisation."""
     cols = ["system", "phase", "completed", "failed", "request_throughput", "mean_ttft_ms", "p99_ttft_ms",
@@ -145,8 +166,10 @@ def run_sections(report: dict, records) -> list[Section]:
                          "load: wire, software stages, connector-thread wait; lookups, metadata RPC, save "
                          "stalls, other requests' loads), then decode; means per system and phase.")]
     link = _link_figure(report.get("details", []))
-    if link is not None:
-        secs.append(Section("Links and pool", [link]))
+    series = _series_figure(report.get("details", []))
+    figs = [f for f in (link, series) if f is not None]
+    if figs:
+        secs.append(Section("Links and pool", figs))
     return secs
 
 

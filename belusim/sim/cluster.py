@@ -66,6 +66,7 @@ class SystemRun:
     checks: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     events: int = 0  # SimPy events scheduled (for speed benchmarks)
+    utilisation_series: dict = field(default_factory=dict)  # busiest links over time (Fabric.utilisation_series)
 
 
 class Cluster:
@@ -76,6 +77,7 @@ class Cluster:
         self.env = simpy.Environment()
         kv = system.kv
         self.paths = KVPaths(self.env, scenario, kv, system.stack)
+        self.paths.fabric.record_series = scenario.run.utilisation_series
         eng = scenario.engine
         self.kv_blocks = hbm_kv_blocks(scenario)
         self.tiers: list[TierIndex] = []
@@ -94,6 +96,9 @@ class Cluster:
                 shared = TierIndex(f"{system.name}.pool", cap, chunk_blocks)
                 self.tiers = [shared]
                 tier_for_server = {s: shared for s in range(scenario.cluster.servers)}
+            if scenario.run.utilisation_series:
+                for tier in self.tiers:  # occupancy over time, for the reports
+                    self.paths.fabric.gauges[tier.name] = (tier.chunks.__len__, tier.capacity)
         compute = ComputeModel.build(scenario.model, scenario.gpu, scenario.cluster.tensor_parallel,
                                      scenario.interconnect, scenario.attention)
         n_prefill = scenario.cluster.prefill_instances_per_server
@@ -426,6 +431,7 @@ def simulate(scenario: Scenario, system: SystemConfig, recorder: Recorder, progr
         checks=checks,
         events=cluster.events_scheduled,
         warnings=warnings,
+        utilisation_series=cluster.paths.fabric.utilisation_series(sim_s, top=8),
     )
 
 

@@ -83,6 +83,7 @@ def build_report(scenario: Scenario, runs: list[SystemRun], goodput: dict[str, f
                 "step_events": run.step_events,
                 "transfers": run.transfers,
                 "link_utilisation": run.link_utilisation,
+                "utilisation_series": run.utilisation_series,
                 "checks": run.checks,
                 "warnings": run.warnings,
             }

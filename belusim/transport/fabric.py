@@ -27,6 +27,8 @@ class Link:
     bytes_carried: float = 0.0
     busy_time: float = 0.0  # time with at least one flow
     _busy_since: float = -1.0
+    series: list = field(default_factory=list)  # bytes carried per time bucket (Fabric.bucket_s wide)
+    _binned: float = 0.0  # bytes_carried already put into series
 
     def __repr__(self) -> str:
         return f"Link({self.name}, {self.capacity / 1e9:.1f} GB/s)"
@@ -58,6 +60,17 @@ class Fabric:
         self.max_residual = 0.0  # the most bytes a flow had left when called done (float drift)
         self.flows_started = 0
         self.flows_finished = 0
+        # Utilisation over time: bytes per link per bucket, integrated exactly from the
+        # piecewise-constant rates. The bucket starts at 1 ms and doubles (merging pairs) when
+        # the run outgrows max_buckets, so a run ends with between max_buckets/2 and max_buckets.
+        self.record_series = False  # off: only the totals are kept (the series cost ~12% of a run)
+        self.bucket_s = 1e-3
+        self.max_buckets = 400
+        self._busy: set = set()  # links with flows: the ones whose series grow
+        # Gauges (a pool tier's chunks held, say): name -> (read(), capacity), sampled whenever
+        # a flow starts or ends (when saves land and evictions happen); last value per bucket.
+        self.gauges: dict = {}
+        self.gauge_series: dict[str, list] = {}
 
     # -- topology -------------------------------------------------------------------
     def add_link(self, name: str, gbps: float) -> Link:
@@ -92,6 +105,7 @@ class Fabric:
         for link in set(links):  # a path may cross one link twice (both ends in one DRAM)
             if not link.flows:
                 link._busy_since = self.env.now
+                self._busy.add(link)
             link.flows.add(f)
         self._active.append(f)
         self._reschedule()
@@ -110,6 +124,56 @@ class Fabric:
             self.bytes_moved += moved
             for link in f.links:
                 link.bytes_carried += moved
+        if not self.record_series:
+            return
+        t0 = now - dt
+        if self.gauges:
+            self._sample(now)
+        for link in self._busy:
+            self._bin(link, t0, now, link.bytes_carried - link._binned)
+            link._binned = link.bytes_carried
+
+    def _bin(self, link: Link, t0: float, t1: float, nbytes: float) -> None:
+        """Spread nbytes, carried at a constant rate over [t0, t1], into link's buckets."""
+        w = self.bucket_s
+        i1 = int(t1 / w)
+        while i1 >= self.max_buckets:
+            self._coarsen()
+            w = self.bucket_s
+            i1 = int(t1 / w)
+        i0 = min(int(t0 / w), i1)
+        s = link.series
+        if len(s) <= i1:
+            s.extend([0.0] * (i1 + 1 - len(s)))
+        if i0 == i1:
+            s[i0] += nbytes
+            return
+        rate = nbytes / (t1 - t0)
+        s[i0] += rate * ((i0 + 1) * w - t0)
+        for k in range(i0 + 1, i1):
+            s[k] += rate * w
+        s[i1] += rate * (t1 - i1 * w)
+
+    def _sample(self, now: float) -> None:
+        i = int(now / self.bucket_s)
+        while i >= self.max_buckets:
+            self._coarsen()
+            i = int(now / self.bucket_s)
+        for name, (read, _cap) in self.gauges.items():
+            s = self.gauge_series.setdefault(name, [])
+            if len(s) <= i:
+                s.extend([None] * (i + 1 - len(s)))
+            s[i] = read()
+
+    def _coarsen(self) -> None:
+        self.bucket_s *= 2
+        for name, s in self.gauge_series.items():  # the later sample of each pair
+            self.gauge_series[name] = [s[k + 1] if k + 1 < len(s) and s[k + 1] is not None else s[k]
+                                       for k in range(0, len(s), 2)]
+        for link in self.links.values():
+            s = link.series
+            if s:
+                link.series = [sum(s[k:k + 2]) for k in range(0, len(s), 2)]
 
     def _reschedule(self) -> None:
         self._finish_done()
@@ -138,8 +202,12 @@ class Fabric:
                     link.bytes_carried += f.remaining
                 for link in set(f.links):
                     link.flows.discard(f)
+                    if self.record_series:
+                        self._bin(link, now, now, link.bytes_carried - link._binned)
+                        link._binned = link.bytes_carried
                     if not link.flows:
                         link.busy_time += now - link._busy_since
+                        self._busy.discard(link)
                 self.bytes_delivered += f.nbytes
                 self.max_residual = max(self.max_residual, f.remaining)
                 self.flows_finished += 1
@@ -215,3 +283,30 @@ class Fabric:
             for name, link in self.links.items()
             if link.bytes_carried > 0
         }
+
+    def utilisation_series(self, makespan: float, top: int | None = None) -> dict:
+        """Utilisation of each link that carried bytes, per bucket of bucket_s seconds over
+        [0, makespan] (the last bucket may be partial: its share is over its own length);
+        `top` keeps the busiest links by bytes carried. Empty unless record_series was set."""
+        if not self.record_series:
+            return {}
+        links = sorted((lk for lk in self.links.values() if lk.bytes_carried > 0),
+                       key=lambda lk: -lk.bytes_carried)[:top]
+        w = self.bucket_s
+        n = max(1, math.ceil(makespan / w - 1e-9)) if makespan > 0 else 0
+        out = {}
+        for lk in links:
+            s = lk.series + [0.0] * max(0, n - len(lk.series))
+            out[lk.name] = [b / (lk.capacity * (min(w, makespan - k * w) if makespan - k * w > 1e-12 else w))
+                            for k, b in enumerate(s)]
+        pools = {}
+        for name, (read, cap) in self.gauges.items():
+            s = self.gauge_series.get(name, []) + [None] * max(0, n - len(self.gauge_series.get(name, [])))
+            last, vals = 0, []
+            for v in s:  # a bucket with no sample holds the last value seen
+                last = last if v is None else v
+                vals.append(last / cap)
+            if vals:
+                vals[-1] = read() / cap
+            pools[name] = vals
+        return {"bucket_s": w, "links": out, "pools": pools}
