@@ -107,6 +107,23 @@ def _file_entry(p: Path, root: Path) -> dict:
     return {"path": str(p.relative_to(root)), "bytes": p.stat().st_size, "sha256": h.hexdigest()}
 
 
+def _manifest_text(command: str, status: str, started: float, error: str | None, info: dict,
+                   files: list) -> str:
+    """The manifest of an output directory or of a command's output files (same fields)."""
+    data = {
+        "writer": "belusim",
+        "command": command,
+        "argv": sys.argv[1:],
+        "status": status,
+        "started_unix": started,
+        "finished_unix": time.time() if status != "incomplete" or error else None,
+        **({"error": error} if error else {}),
+        **info,
+        "files": files,
+    }
+    return json.dumps(data, indent=2, default=str) + "\n"
+
+
 class OutputDir:
     """Stage a result directory and move it into place only when the work is complete.
 
@@ -133,18 +150,7 @@ class OutputDir:
         if status == "complete":
             files = [_file_entry(p, self.path) for p in sorted(self.path.rglob("*"))
                      if p.is_file() and p.name != MANIFEST]
-        data = {
-            "writer": "belusim",
-            "command": self.command,
-            "argv": sys.argv[1:],
-            "status": status,
-            "started_unix": self._started,
-            "finished_unix": time.time() if status != "incomplete" or error else None,
-            **({"error": error} if error else {}),
-            **self.info,
-            "files": files,
-        }
-        atomic_write(self.path / MANIFEST, json.dumps(data, indent=2, default=str) + "\n")
+        atomic_write(self.path / MANIFEST, _manifest_text(self.command, status, self._started, error, self.info, files))
 
     def __enter__(self) -> "OutputDir":
         if self.path.exists():
@@ -200,18 +206,7 @@ class OutputFiles:
         files = []
         if status == "complete":
             files = [_file_entry(p, root) for p in self.files if p.is_file()]
-        data = {
-            "writer": "belusim",
-            "command": self.command,
-            "argv": sys.argv[1:],
-            "status": status,
-            "started_unix": self._started,
-            "finished_unix": time.time() if status != "incomplete" or error else None,
-            **({"error": error} if error else {}),
-            **self.info,
-            "files": files,
-        }
-        atomic_write(self.manifest, json.dumps(data, indent=2, default=str) + "\n")
+        atomic_write(self.manifest, _manifest_text(self.command, status, self._started, error, self.info, files))
 
     def __enter__(self) -> "OutputFiles":
         self._write("incomplete")
