@@ -84,6 +84,10 @@ def test_run_out_dir_writes_files(runner, tiny, tmp_path):
     # the resolved scenario resolves again to the same scenario
     assert resolve_scenario(resolved)[0].model_dump() == resolve_scenario(tiny)[0].model_dump()
     assert "tiny-cli" in r.stdout  # the table
+    # the table fits the non-terminal width; the whole TTFT split comes as lines below it
+    assert max(len(line) for line in r.stdout.splitlines()) <= 132
+    split = r.stdout.split("mean TTFT went to:")[1].splitlines()
+    assert any(line.strip().startswith("cxl-pool") and "%" in line for line in split)
 
 
 def test_bad_scenario_exits_2_naming_file_and_field(runner, tmp_path):

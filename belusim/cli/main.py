@@ -114,11 +114,11 @@ def _top_parts(breakdown: dict | None, n: int = 3) -> str:
 def print_results(report: dict, console: Console) -> None:
     table = Table(title=f"belusim: {report['scenario']}")
     cols = ["system", "phase", "done", "TTFT mean s", "TTFT p99 s", "TPOT mean ms", "TPOT p99 ms", "ITL p99 ms",
-            "req/s", "HBM hit", "tier hit", "TTFT went to"]
+            "req/s", "HBM hit", "tier hit", "TTFT mostly"]
     if report.get("goodput"):
         cols.insert(9, "goodput req/s")
     for col in cols:
-        left = col in ("system", "phase")
+        left = col in ("system", "phase", "TTFT mostly")
         table.add_column(col, justify="left" if left else "right", no_wrap=left)
     for d in report["details"]:
         for s in d["summaries"]:
@@ -127,12 +127,20 @@ def print_results(report: dict, console: Console) -> None:
                 s["system"], s["phase"], f"{s['completed']}/{s['requests']}",
                 _fmt(sec("mean_ttft_ms")), _fmt(sec("p99_ttft_ms")), _ms(s["mean_tpot_ms"]), _ms(s["p99_tpot_ms"]),
                 _ms(s["p99_itl_ms"]), _fmt(s["request_throughput"]), _fmt(s["hbm_hit_ratio"], 2),
-                _fmt(s["tier_hit_ratio"], 2), _top_parts(s.get("breakdown")),
+                _fmt(s["tier_hit_ratio"], 2), _top_parts(s.get("breakdown"), 1),
             ]
             if report.get("goodput"):
                 cells.insert(9, _fmt(s["request_goodput"]))
             table.add_row(*cells)
     console.print(table)
+    # the full split of the mean TTFT, one line per row, so the table stays narrow
+    parts = [(s["system"], s["phase"], _top_parts(s.get("breakdown"), 4))
+             for d in report["details"] for s in d["summaries"]]
+    if any(p for _, _, p in parts):
+        console.print("[dim]mean TTFT went to:[/]")
+        for system, phase, p in parts:
+            if p:
+                console.print(f"[dim]  {system} {phase}: {p}[/]")
     for d in report["details"]:
         console.print(
             f"[dim]{d['system']}: {d['simulated_s']:.0f} s simulated in {d['wall_s']:.1f} s, "
