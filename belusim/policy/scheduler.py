@@ -17,6 +17,7 @@ until its saves land.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -129,24 +130,40 @@ class Scheduler:
         budget = self.budget
         pool, bs = self.pool, self.bs
 
+        # The running batch is walked every step: _account and the pool's free count are
+        # inlined here (same arithmetic, in the same order).
+        running = self.running
+        scheduled = plan.scheduled
+        tokens = decode_context = 0
+        prefill_units = plan.prefill_units
         i = 0
-        while i < len(self.running) and budget > 0:
-            req = self.running[i]
-            n = min(req.known_tokens - req.num_computed, budget)
-            need = blocks_for(req.num_computed + n, bs) - req.blocks_held
-            while need > pool.free:
-                victim = self.running[-1]
-                self._preempt(victim)
-                plan.preempted += 1
-                if victim is req:
-                    break
-            if req.state is not State.RUNNING:
-                break  # preempted itself: nothing left to make room with
-            pool.allocate(need)
+        while i < len(running) and budget > 0:
+            req = running[i]
+            c = req.num_computed
+            left = req.prompt_tokens + req.num_output - c
+            n = left if left < budget else budget
+            need = -(-(c + n) // bs) - req.blocks_held
+            if need > pool.num_blocks - pool.in_use:
+                while need > pool.free:
+                    victim = running[-1]
+                    self._preempt(victim)
+                    plan.preempted += 1
+                    if victim is req:
+                        break
+                if req.state is not State.RUNNING:
+                    break  # preempted itself: nothing left to make room with
+            if need > 0:
+                pool.allocate(need)
             req.private_blocks += need
-            self._account(plan, req, n)
+            scheduled.append((req, n))
+            tokens += n
+            if left == 1 and req.num_output > 0:
+                decode_context += c + 1
+            else:
+                prefill_units += n * (c + n / 2)
             budget -= n
             i += 1
+        plan.tokens, plan.decode_context, plan.prefill_units = tokens, decode_context, prefill_units
 
         if plan.preempted == 0:
             budget = self._admit(plan, budget, now)
@@ -337,20 +354,29 @@ class Scheduler:
         """Apply a finished step. Returns (first-token requests, finished requests, saves)."""
         firsts, finished, saves = [], [], []
         bs = self.bs
+        running = State.RUNNING
         for req, n in plan.scheduled:
-            if req.state is not State.RUNNING:
+            if req.state is not running:
                 continue
             before = req.num_computed
-            self._set_computed(req, before + n)
-            if req.num_computed >= req.known_tokens:
+            p = req.prompt_tokens
+            computed = req.num_computed = before + n
+            if before < p:  # _set_computed: only prompt tokens count as outstanding
+                self.outstanding_tokens -= (computed if computed < p else p) - before
+            if computed >= p + req.num_output:
                 req.num_output += 1
                 self.outstanding_tokens -= 1
                 if req.num_output == 1:
                     req.first_token = now
                     firsts.append(req)
+            if before >= p:  # decoding: no prompt block became full
+                if req.num_output >= req.output_tokens or (req.prefill_only and req.num_output >= 1):
+                    self._finish(req, now)
+                    finished.append(req)
+                continue
             # Cache the prompt blocks that just became full.
-            full = min(req.num_computed, req.prompt_tokens) // bs
-            done = min(before, req.prompt_tokens) // bs
+            full = min(computed, p) // bs
+            done = before // bs
             if full > done:
                 self._promote(req, done, full)
                 if self.save_enabled:
@@ -418,10 +444,22 @@ class Scheduler:
         free = pool.free
         if self.blocked_head() is not None:
             free = pool.num_blocks - pool.in_use - len(pool.lru)  # empty blocks only
+        # Blocks beyond what step 1 already allocated, for m steps in all:
+        # sum_r ceil((c_r + m) / bs) - held_r. With c_r = q_r bs + s_r (0 <= s_r < bs) and
+        # m >= 1, ceil((c_r + m) / bs) = q_r + 1 + (s_r + m - 1) // bs, and (s_r + m - 1) // bs
+        # is (m - 1) // bs plus one where s_r >= bs - (m - 1) % bs: a count in sorted s_r.
+        base = 0
+        rems = []
+        for r in self.running:
+            q, rem = divmod(r.num_computed, bs)
+            base += q + 1 - r.blocks_held
+            rems.append(rem)
+        rems.sort()
+        batch = len(rems)
 
         def extra_blocks(m: int) -> int:
-            # blocks beyond what step 1 already allocated, for m steps in all
-            return sum(blocks_for(r.num_computed + m, bs) - r.blocks_held for r in self.running)
+            wrap, part = divmod(m - 1, bs)
+            return base + batch * wrap + batch - bisect_left(rems, bs - part)
 
         if extra_blocks(k) <= free:
             return k

@@ -149,6 +149,9 @@ class Instance:
     def _account_step(self, plan, start: float, lookup_sw: float, rpc: float, compute: float, stall: float):
         """Charge the step's time to each request in it that has no first token yet."""
         now = self.env.now
+        if not plan.prefill_units:  # every request without a first token has a prefill chunk
+            self._prefilling = []
+            return
         own = {id(load.request): load for load in plan.loads} if plan.in_step_loads else {}
         sync_total = sum(ld.request.load_end - ld.request.load_start for ld in own.values()) \
             if self.connector.load_mode == "sync" else 0.0

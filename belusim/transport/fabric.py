@@ -43,6 +43,7 @@ class Flow:
     remaining: float = 0.0
     rate: float = 0.0
     started: float = 0.0
+    repeats: bool = False  # crosses some link twice
 
 
 class Fabric:
@@ -102,7 +103,9 @@ class Fabric:
             raise ValueError(f"a flow's rate cap must be positive, got {cap_gbps}")
         self._advance()
         f = Flow(nbytes, links, cap_gbps * 1e9, done, remaining=nbytes, started=self.env.now)
-        for link in set(links):  # a path may cross one link twice (both ends in one DRAM)
+        uniq = set(links)
+        f.repeats = len(uniq) != len(links)
+        for link in uniq:  # a path may cross one link twice (both ends in one DRAM)
             if not link.flows:
                 link._busy_since = self.env.now
                 self._busy.add(link)
@@ -219,7 +222,16 @@ class Fabric:
 
     def _assign_rates(self) -> None:
         """Progressive filling: raise all unfrozen rates together until a link or cap binds."""
-        unfrozen = set(self._active)
+        active = self._active
+        if len(active) == 1 and not active[0].repeats:
+            # the usual case: the loop below ends after one round; the same arithmetic
+            f = active[0]
+            inc = math.inf
+            for link in f.links:
+                inc = min(inc, link.capacity)
+            f.rate = max(min(inc, f.cap), 0.0)
+            return
+        unfrozen = set(active)
         spare = {}
         for f in self._active:
             f.rate = 0.0
