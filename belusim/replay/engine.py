@@ -93,6 +93,7 @@ class ReplayInstance:
         self.done_unfreed: set[int] = set()
         self.transfers: list[Transfer] = []
         self._woken = False
+        self.admit = lambda: None  # submits the requests due by now (set by replay_scenario)
         self.loop = step_loop(self.sched, self.conn, self, coalesce_steps=1)
         self.cmd = next(self.loop)
 
@@ -248,12 +249,18 @@ class ReplayInstance:
         self.stats.steps += 1
 
     def advance(self) -> bool:
-        """Run the loop until it goes idle. Returns True if it did any work."""
+        """Run the loop until it goes idle. Returns True if it did any work.
+
+        Before every schedule, as vLLM's engine core does between steps, requests that
+        arrived meanwhile join the scheduler (the admit hook) and finished transfers are
+        collected, so a request that arrives or a load that lands during a step is seen
+        by the very next step, as in the simulator."""
         worked = False
         while True:
-            self.poll()
             cmd = self.cmd
             if cmd is IDLE:
+                self.admit()
+                self.poll()
                 if not self._woken:
                     return worked
                 self._woken = False
@@ -266,9 +273,12 @@ class ReplayInstance:
                 self._run_step(cmd.plan)
             worked = True
             t = time.perf_counter()
+            if cmd is not IDLE:
+                self.admit()
+                self.poll()
             self.cmd = self.loop.send(1)
             if self.stats.overhead_s and not isinstance(cmd, (WaitSaves,)) and cmd is not IDLE:
-                self.stats.overhead_s[-1] += time.perf_counter() - t  # scheduling the next step
+                self.stats.overhead_s[-1] += time.perf_counter() - t  # admitting, polling, scheduling the next step
 
     def busy(self) -> bool:
         return bool(self.transfers) or self.cmd is not IDLE or self._woken
@@ -318,7 +328,9 @@ def replay_scenario(scenario: Scenario, system: SystemConfig, backend, kv_blocks
                     heapq.heappush(heap, (inst.now() + wl.think_time_s, next(seq), nxt))
 
         box["finish"] = finish
-        while left > 0:
+
+        def admit() -> None:
+            nonlocal submitted, rejected
             now = inst.now()
             while heap and heap[0][0] <= now:
                 due, _seq, spec = heapq.heappop(heap)
@@ -333,6 +345,10 @@ def replay_scenario(scenario: Scenario, system: SystemConfig, backend, kv_blocks
                     finish(req)
                     continue
                 inst.submit(req)
+
+        inst.admit = admit
+        while left > 0:
+            admit()
             worked = inst.advance()
             if left == 0:
                 break
