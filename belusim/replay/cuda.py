@@ -10,8 +10,9 @@ scaled_dot_product_attention over the context gathered from the paged cache (a c
 kernels do not make, small beside a chunk's GEMMs), with a lower-right causal mask.
 Decode-only steps run as CUDA graphs captured per padded batch size (vLLM's default sizes),
 mixed steps eagerly; a step's index arrays reach the GPU in one copy from pinned memory, so
-issuing a step never waits for the GPU. No rotary embedding, no q/k norms, no sampling:
-output lengths come from the workload.
+issuing a step never waits for the GPU, and a step waits for its own stream only, never for
+the transfers running beside it. No rotary embedding, no q/k norms, no sampling: output
+lengths come from the workload.
 
 KV cache: one bf16 tensor [layers, 2, blocks, block_size, kv_heads, head_dim], so a block is
 2 x layers fragments of block_size x kv_heads x head_dim, the card's layout.
@@ -200,7 +201,7 @@ class CudaBackend:
         if self._graphs and len(seqs) <= self._graph_sizes[-1] and all(n == 1 and c > 0 for _t, c, n in seqs):
             self._replay_decode(seqs)
             self.last_issue_s = time.perf_counter() - t_issue
-            torch.cuda.synchronize()
+            torch.cuda.current_stream().synchronize()
             return
         T = plan.tokens
         x = self.x[:T]
@@ -264,7 +265,9 @@ class CudaBackend:
         logits = x.index_select(0, last) @ self.lm_head
         logits.argmax(dim=-1)
         self.last_issue_s = time.perf_counter() - t_issue  # CPU time to issue the step's kernels
-        torch.cuda.synchronize()
+        # the step's outputs are ready when its own stream is: transfers in flight on the copy
+        # stream go on (a device-wide synchronize made every step wait for all of them)
+        torch.cuda.current_stream().synchronize()
 
     # -- decode steps as CUDA graphs ----------------------------------------------------------
     def _decode_body(self, Bp: int) -> None:
