@@ -249,3 +249,12 @@ def test_requests_arriving_during_steps_join_the_next_step(tmp_path):
     a, b = got[0], got[1]
     assert b.finish < a.finish  # B (4 tokens) ran beside A (60 tokens, about 240 ms of steps)
     assert b.admitted - b.arrival < 0.03, (b.arrival, b.admitted, a.finish)
+
+
+def test_a_load_ends_when_the_backend_says_it_landed(monkeypatch):
+    """The executor sees a finished transfer only at its poll between steps; the load's end is
+    the backend's landing time (as the simulator reports it), not that poll."""
+    monkeypatch.setattr(EmulatedBackend, "landed_at", lambda self, h: h["due"] - 5.0)
+    rep = validate(_scenario(), None, "emulated", PoolSpec())
+    secs = [s for _b, s in rep["replay"]["load_samples"]]
+    assert secs and all(-5.0 < s < -4.9 for s in secs), secs

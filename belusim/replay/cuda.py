@@ -114,6 +114,7 @@ class CudaBackend:
         except ImportError as e:
             raise RuntimeError(f"--backend cuda needs Triton for its paged decode attention ({e})") from None
         self._paged_decode = PagedDecode
+        self._ref_ev, self._ref_t = None, 0.0  # GPU time reference (see landed_at)
         self._pin = None  # pinned host staging buffer of the step's index arrays (see _stage)
         self._graphs, self._graph_sizes = {}, []  # decode-only steps (see _capture_decode_graphs)
         self.info = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
@@ -144,6 +145,8 @@ class CudaBackend:
         self._warm_up()
         self._capture_decode_graphs(eng.max_num_seqs)
         torch.cuda.synchronize()
+        if self.num_pool_chunks:
+            self._clock()
         self.description = (f"cuda: {self.info['gpu']}, random-weight {m.id} shape in bf16, "
                             f"{self.info['attention']}; KV copies by {self.copy_method}")
 
@@ -159,14 +162,38 @@ class CudaBackend:
         for seqs in ([(half, 0, n)], [(half, n - self.bs, self.bs)], [(half, n - 1, 1)],
                      [(half, n - 1, 1), (other, n // 2, 1)], [(half, n - 1, 1), (other, 0, n // 2)]):
             self.compute(seqs, SimpleNamespace(tokens=sum(k for _t, _c, k in seqs)))
+        self._warm_up_paged_decode()
         if self.num_pool_chunks:
             h = self.save([0], [0], 1)
             self.wait(h)
             h = self.load([1], [0], 1)
             self.wait(h)
             self.verify_load(h)
+            for n in (1, 1 << 10, 1 << 13, 1 << 17):  # CuPy builds its scan kernels by size class
+                a = self.cp.zeros(n, dtype=self.cp.uint64)
+                self._mismatches(a, a)
             self.pool_sums.fill(0)
         self.sync()
+
+    def _warm_up_paged_decode(self) -> None:
+        """Compile the paged decode for every partition count an eager (mixed) step can ask
+        for: its merge kernel is specialised on the partition count's next power of two, and a
+        first compile in the middle of a replay stalls it for about a second."""
+        from belusim.replay.paged_attention import MAX_PROGRAMS, PART_MIN
+
+        torch = self.torch
+        q = torch.zeros(1, self.Hq, self.D, device=self.dev, dtype=self.dt)
+        out = torch.empty_like(q)
+        bt = torch.full((1, 1), self.pad_block, dtype=torch.int64, device=self.dev)
+        lens = torch.ones(1, dtype=torch.int64, device=self.dev)
+        top = max(1, MAX_PROGRAMS // self.Hkv)
+        parts = 1
+        while True:
+            pd = self._paged_decode(1, self.Hq, self.Hkv, self.D, parts * PART_MIN, self.dev)
+            pd(q, self.kv[0, 0], self.kv[0, 1], bt, lens, out)
+            if pd.parts >= top or parts * PART_MIN >= (self.num_gpu_blocks + 1) * self.bs:
+                break
+            parts *= 2
 
     # -- compute ----------------------------------------------------------------------------
     def _token_slots(self, table, upto: int) -> np.ndarray:
@@ -385,9 +412,7 @@ class CudaBackend:
         g = self._gpu_frags(gpu_blocks)
         keep = self._copy(self._pool_frags(rows), g, "load")
         sums, p = self._sums(g, len(gpu_blocks))
-        ev = self.cp.cuda.Event(block=False, disable_timing=True)
-        ev.record(self.copy_stream)
-        return {"ev": ev, "rows": rows, "sums": sums, "keep": (keep, p), "n": len(gpu_blocks)}
+        return {"ev": self._end_event(), "rows": rows, "sums": sums, "keep": (keep, p), "n": len(gpu_blocks)}
 
     def save(self, gpu_blocks, slots, chunk_blocks):
         rows = self._rows(slots, chunk_blocks, len(gpu_blocks))
@@ -396,9 +421,29 @@ class CudaBackend:
         sums, p = self._sums(g, len(gpu_blocks))
         with self.copy_stream:
             self.pool_sums[self.cp.asarray(np.asarray(rows, dtype=np.int64))] = sums
-        ev = self.cp.cuda.Event(block=False, disable_timing=True)
+        return {"ev": self._end_event(), "keep": (keep, p, sums)}
+
+    def _end_event(self):
+        ev = self.cp.cuda.Event(block=False)  # with timing: landed_at() reads it
         ev.record(self.copy_stream)
-        return {"ev": ev, "keep": (keep, p, sums)}
+        return ev
+
+    def landed_at(self, h) -> float:
+        """When a finished transfer's last kernel ended, in time.perf_counter() seconds: the
+        executor only sees it at its next poll (between steps), later by up to a step, while the
+        simulator reports the landing itself. Measured from a reference event whose host time
+        is known (recorded on an idle GPU, see _clock)."""
+        if self._ref_ev is None:
+            self._clock()
+        return self._ref_t + self.cp.cuda.get_elapsed_time(self._ref_ev, h["ev"]) * 1e-3
+
+    def _clock(self) -> None:
+        self.sync()
+        ev = self.cp.cuda.Event()
+        t0 = time.perf_counter()
+        ev.record(self.copy_stream)
+        ev.synchronize()
+        self._ref_ev, self._ref_t = ev, (t0 + time.perf_counter()) / 2
 
     def done(self, h) -> bool:
         return h["ev"].done
@@ -410,13 +455,16 @@ class CudaBackend:
     def verify_load(self, h) -> int:
         cp = self.cp
         want = self.pool_sums[cp.asarray(np.asarray(h["rows"], dtype=np.int64))]
-        bad = cp.nonzero(want != h["sums"])[0]
+        bad = self._mismatches(want, h["sums"])
         if bad.size:
             i = int(bad[0])
             raise ChecksumError(f"KV block read back from pool row {h['rows'][i]} fails its checksum "
                                 f"(written {int(want[i])}, read {int(h['sums'][i])}); {int(bad.size)} of {h['n']} "
                                 "blocks of this load differ")
         return h["n"]
+
+    def _mismatches(self, want, got):
+        return self.cp.nonzero(want != got)[0]
 
     def finish_save(self, h) -> None:
         pass

@@ -139,6 +139,9 @@ class EmulatedBackend:
     def wait(self, h) -> None:
         wait_until(h["due"])
 
+    def landed_at(self, h) -> float:
+        return h["due"]
+
     def verify_load(self, h) -> int:
         for r, b in zip(h["rows"], h["gpu"]):
             want = self.sums.get(r)

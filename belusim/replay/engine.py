@@ -172,7 +172,10 @@ class ReplayInstance:
         return tr
 
     def _landed(self, tr: Transfer) -> None:
-        tr.end = self.now()
+        # the landing itself (the backend's clock of its copy stream), as the simulator
+        # reports it; the scheduler sees it now, at the poll before the next step
+        at = getattr(self.backend, "landed_at", None)
+        tr.end = min(self.now(), at(tr.handle) - self.t0) if at else self.now()
         if tr.kind == "load":
             self.stats.blocks_verified += self.backend.verify_load(tr.handle)
             self.stats.loads.append((len(tr.gpu_blocks), tr.end - tr.start))
