@@ -124,7 +124,7 @@ def test_hold_blocks_until_saved_keeps_finished_blocks_then_frees_them():
     assert finished == [r] and len(saves) == 1 and r.saves_in_flight == 1
     assert s.pool.in_use == 7 and r in s.held  # 6 full blocks + the partial one
     s.check()
-    tier.end_save(saves[0].keys)
+    tier.end_save(saves[0].request.keys, saves[0].chunk_indexes)
     assert s.save_done(saves[0]) is True
     assert s.pool.in_use == 0 and not s.held
     s.check()

@@ -38,7 +38,7 @@ def invariants(s: Scheduler) -> None:
     live = list(s.running) + list(s.waiting)
     holders: dict[int, int] = {}
     for r in live:
-        for k in r.cached_keys:
+        for k in r.cached_keys:  # flattened from its runs
             holders[k] = holders.get(k, 0) + 1
     assert holders == s.pool.refcount
     assert len(holders) + sum(r.private_blocks for r in live) == s.pool.in_use
@@ -97,8 +97,8 @@ def test_policy_import_does_not_load_simpy_at_runtime():
 def test_lru_evicts_deepest_block_of_a_freed_request_first():
     p = BlockPool(6)
     p.allocate(3)
-    assert p.promote([1, 2, 3]) == [1, 2, 3]
-    p.release([1, 2, 3], 0)  # freed in reverse: 3, 2, 1 in LRU order
+    assert p.promote([1, 2, 3], 0, 3) == [(0, 3)]
+    p.release([1, 2, 3], [(0, 3)], 0)  # freed in reverse: 3, 2, 1 in LRU order
     assert p.in_use == 0 and p.free == 6 and p.cached == 3
     assert list(p.lru) == [3, 2, 1]
     p.allocate(4)  # 3 empty + 1 eviction
@@ -116,28 +116,31 @@ def test_lru_evicts_deepest_block_of_a_freed_request_first():
 def test_lru_order_across_requests_oldest_release_first():
     p = BlockPool(4)
     p.allocate(4)
-    p.promote([10, 11, 20, 21])
-    p.release([10, 11], 0)
-    p.release([20, 21], 0)
+    a, b = [10, 11], [20, 21]
+    p.promote(a, 0, 2)
+    p.promote(b, 0, 2)
+    p.release(a, [(0, 2)], 0)
+    p.release(b, [(0, 2)], 0)
     assert list(p.lru) == [11, 10, 21, 20]
-    # a hit takes a block out of the LRU; its release puts it back at the young end
-    p.acquire_cached([10])
+    # a hit takes a block out of the LRU (splitting a's run); its release puts it back at the young end
+    assert p.acquire_cached(a, 1) == [(0, 1)]
     assert p.in_use == 1 and list(p.lru) == [11, 21, 20]
-    p.release([10], 0)
+    p.release(a, [(0, 1)], 0)
     assert list(p.lru) == [11, 21, 20, 10]
+    p.check()
 
 
 def test_refcounts_shared_between_two_requests():
     p = BlockPool(10)
     p.allocate(2)
-    assert p.promote([1, 2]) == [1, 2]
+    assert p.promote([1, 2], 0, 2) == [(0, 2)]
     assert p.in_use == 2
     p.acquire_cached([1, 2])  # a second request hits both
     assert p.refcount == {1: 2, 2: 2}
     assert p.in_use == 2  # same physical blocks
-    p.release([1, 2], 0)
+    p.release([1, 2], [(0, 2)], 0)
     assert p.refcount == {1: 1, 2: 1} and p.in_use == 2 and not p.lru
-    p.release([1, 2], 0)
+    p.release([1, 2], [(0, 2)], 0)
     assert p.in_use == 0 and list(p.lru) == [2, 1]
     p.check()
 
@@ -145,19 +148,49 @@ def test_refcounts_shared_between_two_requests():
 def test_promote_of_a_duplicate_stays_private():
     p = BlockPool(10)
     p.allocate(3)  # one request's block, another request's two blocks
-    assert p.promote([7]) == [7]
-    assert p.promote([7, 8]) == [8]  # someone else already cached 7: that copy stays private
+    assert p.promote([7], 0, 1) == [(0, 1)]
+    assert p.promote([7, 8], 0, 2) == [(1, 2)]  # someone else already cached 7: that copy stays private
     assert p.refcount == {7: 1, 8: 1}
-    p.release([7], 0)
-    p.release([8], 1)  # the second request: cached 8 and its private copy of 7
+    p.release([7], [(0, 1)], 0)
+    p.release([7, 8], [(1, 2)], 1)  # the second request: cached 8 and its private copy of 7
     assert p.in_use == 0 and p.cached == 2 and list(p.lru) == [7, 8]
+    p.check()
+    p.allocate(10)  # 7 goes first: 8 stays resident below an evicted head, matched by nobody
+    assert p.evictions == 2 and p.cached == 0
+    p.check()
+
+
+def test_a_run_evicted_above_a_held_one_stays_a_placeholder():
+    """Two requests prefill one prompt together: a caches its head, b (private copy of the
+    head) its tail. a's head can be evicted while b holds the tail; nobody matches b's tail
+    then, but a third request that recomputes the head does not cache the tail twice."""
+    p = BlockPool(12)
+    keys = [1, 2, 3, 4]
+    p.allocate(4)  # a: head, b: head
+    assert p.promote(keys, 0, 2) == [(0, 2)]  # a
+    assert p.promote(keys, 0, 2) == []  # b: stays private
+    p.release(keys, [(0, 2)], 0)  # a preempted
+    p.allocate(10)  # evicts the head
+    assert p.match_prefix(keys, 4) == 0 and p.cached == 0
+    p.release([], [], 10)
+    p.allocate(2)  # b's tail
+    assert p.promote(keys, 2, 4) == [(2, 4)]
+    assert p.match_prefix(keys, 4) == 0 and p.cached == 2
+    p.check()
+    p.allocate(4)  # c recomputes all four
+    assert p.promote(keys, 0, 4) == [(0, 2)]  # the tail is b's already
+    assert p.match_prefix(keys, 4) == 4
+    p.check()
+    p.release(keys, [(2, 4)], 2)  # b: its tail and its copy of the head
+    p.release(keys, [(0, 2)], 2)  # c
+    assert list(p.lru) == [4, 3, 2, 1] and p.in_use == 0
     p.check()
 
 
 def test_caching_off_never_hits_nor_caches():
     p = BlockPool(4, caching=False)
     p.allocate(1)
-    assert p.promote([1]) == []
+    assert p.promote([1], 0, 1) == []
     assert p.match_prefix([1], 1) == 0
 
 
@@ -316,13 +349,13 @@ def test_preemption_frees_newest_running_request_which_is_recomputed_and_finishe
 
 def test_tier_lru_capacity_eviction():
     t = TierIndex("t", capacity_chunks=3, chunk_blocks=1)
-    for k in (1, 2, 3):
-        t.begin_save([k])
-        t.end_save([k])
+    for k in (1, 2, 3):  # three one-chunk prompts
+        t.begin_save([k], [0])
+        t.end_save([k], [0])
     assert list(t.chunks) == [1, 2, 3] and t.inserted == 3
     t.touch([1], 0, 1)  # a hit taken on chunk 1 makes it the youngest
-    t.begin_save([4])
-    t.end_save([4])
+    t.begin_save([4], [0])
+    assert t.end_save([4], [0]) == [2]
     assert list(t.chunks) == [3, 1, 4]
     assert t.evictions == 1
     assert t.match([2], 1) == 0 and t.match([1], 1) == 1
@@ -333,12 +366,12 @@ def test_tier_pending_saves_are_invisible_and_not_saved_twice():
     t = TierIndex("t", capacity_chunks=10, chunk_blocks=1)
     keys = [5, 6, 7]
     assert t.wanted(keys, 3, 0) == [0, 1, 2]
-    t.begin_save([5, 6])
+    t.begin_save(keys, [0, 1])
     assert t.match(keys, 3) == 0  # pending: not visible
     assert t.wanted(keys, 3, 0) == [2]  # and not saved twice
     with pytest.raises(AssertionError):
         t.check()  # saves in flight at the end are an error
-    t.end_save([5, 6])
+    t.end_save(keys, [0, 1])
     assert t.match(keys, 3) == 2
     t.check()
 
@@ -347,11 +380,13 @@ def test_tier_whole_chunks_named_by_last_block():
     t = TierIndex("t", capacity_chunks=10, chunk_blocks=4)
     keys = list(range(10, 18))  # 2 chunks: named 13 and 17
     assert t.chunk_keys(keys, 0, 2) == [13, 17]
-    t.end_save([13])
+    t.begin_save(keys, [0])
+    t.end_save(keys, [0])
     assert t.match(keys, 8) == 4
     assert t.match(keys, 7) == 4
     assert t.match(keys, 3) == 0  # a partial chunk never counts
-    t.end_save([17])
+    t.begin_save(keys, [1])
+    t.end_save(keys, [1])
     assert t.match(keys, 8) == 8
     assert t.wanted(keys, 8, 0) == []
 
@@ -361,9 +396,9 @@ def test_tier_whole_chunks_named_by_last_block():
 
 def _tier_with(keys: list[int], chunk_blocks: int = 1) -> TierIndex:
     t = TierIndex("pool", 10_000, chunk_blocks)
-    names = t.chunk_keys(keys, 0, len(keys) // chunk_blocks)
-    t.begin_save(names)
-    t.end_save(names)
+    idx = list(range(len(keys) // chunk_blocks))
+    t.begin_save(keys, idx)
+    t.end_save(keys, idx)
     return t
 
 
@@ -433,8 +468,8 @@ def test_saves_after_prefill_and_pending_saves_invisible_to_lookups():
     other.add(b)
     plan, *_ = step(other, 2)
     assert not plan.loads and b.tier_hit_tokens == 0
-    tier.end_save(saves[0].keys)
-    tier.end_save(saves2[0].keys)
+    tier.end_save(saves[0].request.keys, saves[0].chunk_indexes)
+    tier.end_save(saves2[0].request.keys, saves2[0].chunk_indexes)
     c = req(3, 100, 1, key_base=7)
     third = sched(tier=tier)
     third.add(c)

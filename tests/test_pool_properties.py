@@ -7,154 +7,236 @@ from __future__ import annotations
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition, rule,
+                                 run_state_machine_as_test)
 
-from belusim.policy.blocks import BlockPool
+from belusim.policy.blocks import BlockPool, OutOfBlocks
 from belusim.policy.tier import TierIndex
+from tests.pool_oracle import ReferencePool, ReferenceTier
 
 PROPS = settings(max_examples=100, stateful_step_count=40, deadline=None, derandomize=True)
 
 
+def chain(*labels) -> list[int]:
+    """Chain keys of a prompt whose blocks carry these contents: each key names its prefix."""
+    keys, prefix = [], ()
+    for label in labels:
+        prefix = prefix + (label,)
+        keys.append(hash(prefix) & (2**63 - 1))
+    return keys
+
+
+# Prompts that share prefixes the way conversations and shared system prompts do.
+TRUNK = tuple(f"t{i}" for i in range(8))
+PROMPTS = [
+    chain(*TRUNK[:2], "a1", "a2", "a3", "a4"),
+    chain(*TRUNK[:4], "b1", "b2", "b3"),
+    chain(*TRUNK, "c1", "c2"),
+    chain(*TRUNK),
+    chain("d0", "d1", "d2", "d3", "d4"),
+    chain("d0", "d1", "e2"),
+]
+
+
 class PoolMachine(RuleBasedStateMachine):
-    """Requests as the model: each holds a list of distinct cached keys and a private count."""
+    """Requests as the scheduler drives the pool (a prefix hit, private blocks, promotions in
+    prompt order, release), each step done on the run index and on the per-key reference
+    model (tests/pool_oracle.py), which must agree block for block: hits, LRU order,
+    holders, evictions."""
+
+    pool_class = BlockPool
 
     @initialize(num_blocks=st.integers(1, 24))
     def start(self, num_blocks):
-        self.pool = BlockPool(num_blocks)
-        self.held: dict[int, tuple[list[int], int]] = {}  # request -> (cached keys, private)
+        self.pool = self.pool_class(num_blocks)
+        self.ref = ReferencePool(num_blocks)
+        self.reqs: dict[int, dict] = {}  # id -> keys, runs, private, progress (blocks promoted or hit)
         self.next_req = 0
-        self.next_key = 0
 
-    @rule(n=st.integers(1, 8))
-    def allocate(self, n):
-        """A new request takes n fresh private blocks (evicting unheld cached ones if needed)."""
-        before = self.pool.evictions
-        if n > self.pool.free:
-            with pytest.raises(Exception):
+    def _allocate(self, n: int) -> bool:
+        if n > self.ref.free:
+            assert n > self.pool.free
+            with pytest.raises(OutOfBlocks):
                 self.pool.allocate(n)
-            return
-        lru_before = list(self.pool.lru)
+            return False
         self.pool.allocate(n)
-        gone = self.pool.evictions - before
-        assert self.pool.evicted_since(before) == lru_before[:gone]  # oldest first
-        self.held[self.next_req] = ([], n)
+        self.ref.allocate(n)
+        return True
+
+    @rule(p=st.integers(0, len(PROMPTS) - 1), cut=st.integers(0, 8), n=st.integers(1, 8))
+    def admit(self, p, cut, n):
+        """A request takes its prefix hit (all of it, as the scheduler does) and n private blocks."""
+        keys = PROMPTS[p]
+        limit = max(0, len(keys) - cut)
+        hbm = self.pool.match_prefix(keys, limit)
+        assert hbm == self.ref.match_prefix(keys, limit)
+        unheld = self.pool.count_unreferenced(keys, hbm)
+        assert unheld == self.ref.count_unreferenced(keys[:hbm])
+        if n + unheld > self.ref.free:
+            return
+        runs = self.pool.acquire_cached(keys, hbm)
+        self.ref.acquire_cached(keys[:hbm])
+        assert self._allocate(n)
+        self.reqs[self.next_req] = {"keys": keys, "runs": runs, "private": n, "progress": hbm}
         self.next_req += 1
 
-    @precondition(lambda self: any(p for _, p in self.held.values()))
-    @rule(data=st.data(), reuse=st.booleans())
-    def promote(self, data, reuse):
-        """Some of a request's private blocks fill up and are cached (a key cached already
-        by someone else stays private, as in vLLM)."""
-        req = data.draw(st.sampled_from(sorted(r for r, (_, p) in self.held.items() if p)))
-        keys, private = self.held[req]
-        n = data.draw(st.integers(1, private))
-        resident_before = set(self.pool.resident)
-        fresh: list[int] = []
-        for _ in range(n):
-            others = sorted(resident_before - set(keys) - set(fresh))
-            if reuse and others and data.draw(st.booleans()):
-                fresh.append(data.draw(st.sampled_from(others)))
-            else:
-                fresh.append(self.next_key)
-                self.next_key += 1
-        new = self.pool.promote(fresh)
-        assert new == [k for k in fresh if k not in resident_before]
-        self.held[req] = (keys + new, private - len(new))
+    @precondition(lambda self: self.reqs)
+    @rule(data=st.data(), n=st.integers(1, 6))
+    def grow(self, data, n):
+        """A running request takes more private blocks (evicting if it must)."""
+        r = self.reqs[data.draw(st.sampled_from(sorted(self.reqs)))]
+        if self._allocate(n):
+            r["private"] += n
 
-    @precondition(lambda self: self.pool.resident)
+    @precondition(lambda self: any(r["private"] and r["progress"] < len(r["keys"]) for r in self.reqs.values()))
     @rule(data=st.data())
-    def acquire(self, data):
-        """A new request takes a prefix hit on resident keys (held or in the LRU)."""
-        keys = data.draw(st.lists(st.sampled_from(sorted(self.pool.resident)), min_size=1, max_size=6, unique=True))
-        unheld = self.pool.count_unreferenced(keys)
-        assert unheld == sum(k in self.pool.lru for k in keys)
-        self.pool.acquire_cached(keys)
-        self.held[self.next_req] = (keys, 0)
-        self.next_req += 1
+    def promote(self, data):
+        """Its next prompt blocks fill up and are cached; a key cached already by someone
+        else stays private, as in vLLM."""
+        i = data.draw(st.sampled_from(sorted(
+            i for i, r in self.reqs.items() if r["private"] and r["progress"] < len(r["keys"]))))
+        r = self.reqs[i]
+        keys, first = r["keys"], r["progress"]
+        end = data.draw(st.integers(first + 1, min(len(keys), first + r["private"])))
+        runs = self.pool.promote(keys, first, end)
+        expect = self.ref.promote(keys[first:end])
+        assert [k for a, b in runs for k in keys[a:b]] == expect
+        assert all(first <= a < b <= end for a, b in runs)
+        r["runs"] = r["runs"] + runs
+        r["private"] -= len(expect)
+        r["progress"] = end
 
-    @precondition(lambda self: self.held)
+    @precondition(lambda self: self.reqs)
     @rule(data=st.data())
     def release(self, data):
-        req = data.draw(st.sampled_from(sorted(self.held)))
-        keys, private = self.held.pop(req)
-        self.pool.release(keys, private)
+        """A request finishes or is preempted."""
+        r = self.reqs.pop(data.draw(st.sampled_from(sorted(self.reqs))))
+        self.pool.release(r["keys"], r["runs"], r["private"])
+        self.ref.release([k for a, b in r["runs"] for k in r["keys"][a:b]], r["private"])
 
     @rule()
     def clear_cache(self):
         self.pool.clear_cache()
+        self.ref.clear_cache()
         assert not self.pool.lru
 
     @invariant()
-    def counts_add_up(self):
-        pool = self.pool
+    def agrees_with_the_reference(self):
+        pool, ref = self.pool, self.ref
         pool.check()
-        assert pool.free + pool.in_use == pool.num_blocks and 0 <= pool.free
-        holders: dict[int, int] = {}
-        for keys, _ in self.held.values():
-            for k in keys:
-                holders[k] = holders.get(k, 0) + 1
-        assert pool.refcount == holders  # refcounts match the requests holding each key
-        assert pool.in_use == len(holders) + sum(p for _, p in self.held.values())
-        assert set(pool.lru) == pool.resident - set(holders)  # the LRU: unreferenced cached only
-        assert set(pool.lru).isdisjoint(pool.refcount)
-        assert pool.in_use + len(pool.lru) <= pool.num_blocks
+        assert pool.in_use == ref.in_use and pool.free == ref.free
+        assert pool.lru == list(ref.lru)  # the same blocks, in the same eviction order
+        assert pool.refcount == ref.refcount
+        assert pool.resident == ref.resident and pool.cached == len(ref.resident)
+        assert pool.evictions == ref.evictions
+        assert pool.empty == pool.num_blocks - ref.in_use - len(ref.lru)
+        for keys in PROMPTS:
+            assert pool.match_prefix(keys, len(keys)) == ref.match_prefix(keys, len(keys))
 
 
 PoolMachine.TestCase.settings = PROPS
 test_block_pool_properties = PoolMachine.TestCase
 
 
+class _ShallowFirstRelease(BlockPool):
+    """A broken index: releases a request's runs head first."""
+
+    def release(self, keys, runs, private):
+        for a, b in runs:
+            super().release(keys, [(a, b)], 0)
+        super().release(keys, [], private)
+
+
+class _StaleMatch(BlockPool):
+    """A broken index: a match ignores that a run was evicted."""
+
+    def match_prefix(self, keys, limit, start=0):
+        node, d = self.root, 0
+        while d < limit and keys[d] in node.children:
+            node = node.children[keys[d]]
+            d = min(limit, d + len(node.keys))
+        return d
+
+
+@pytest.mark.parametrize("broken", [_ShallowFirstRelease, _StaleMatch])
+def test_the_reference_catches_a_broken_index(broken):
+    machine = type("Broken", (PoolMachine,), {"pool_class": broken})
+    with pytest.raises((AssertionError, ExceptionGroup)):  # hypothesis may report several
+        run_state_machine_as_test(machine, settings=PROPS)
+
+
+def tier_prompts(c: int) -> list[list[int]]:
+    """PROMPTS' shapes with every block label stretched to a chunk of c blocks."""
+    shapes = [TRUNK[:2] + ("a1", "a2", "a3", "a4"), TRUNK[:4] + ("b1", "b2", "b3"), TRUNK + ("c1", "c2"),
+              TRUNK, ("d0", "d1", "d2", "d3", "d4"), ("d0", "d1", "e2")]
+    return [chain(*[f"{label}.{j}" for label in shape for j in range(c)]) for shape in shapes]
+
+
 class TierMachine(RuleBasedStateMachine):
-    """Prompts as chains of block keys; saves begin on the chunks the tier wants, end later."""
+    """Prompts as chains of block keys; saves begin on the chunks the tier wants and end
+    later, hits touch their chunks; every step on the run index and on the per-chunk
+    reference model, which must agree chunk for chunk (stored, pending, LRU order, evictions)."""
+
+    tier_class = TierIndex
 
     @initialize(capacity=st.integers(1, 12), chunk_blocks=st.sampled_from([1, 2, 4]))
     def start(self, capacity, chunk_blocks):
-        self.tier = TierIndex("t", capacity, chunk_blocks)
+        self.tier = self.tier_class("t", capacity, chunk_blocks)
+        self.ref = ReferenceTier(capacity, chunk_blocks)
         self.c = chunk_blocks
-        # a few prompts sharing prefixes: key = hash of (prompt family, position)
-        self.prompts = [[(fam, i) for i in range(8 * chunk_blocks)] for fam in range(3)]
-        self.prompts = [[hash(k) for k in p] for p in self.prompts]
-        self.saving: list[list[int]] = []
+        self.prompts = tier_prompts(chunk_blocks)
+        self.saving: list[tuple[list[int], list[int], list[int]]] = []  # keys, chunk indexes, names
 
-    @rule(p=st.integers(0, 2), upto=st.integers(0, 8))
-    def begin_save(self, p, upto):
+    @rule(p=st.integers(0, 5), start=st.integers(0, 3), upto=st.integers(0, 10))
+    def begin_save(self, p, start, upto):
         keys = self.prompts[p]
-        want = self.tier.wanted(keys, upto * self.c, 0)
+        upto = min(upto, len(keys) // self.c)
+        want = self.tier.wanted(keys, upto * self.c, start)
+        assert want == self.ref.wanted(keys, upto * self.c, start)
         names = [keys[(i + 1) * self.c - 1] for i in want]
-        assert not any(n in self.tier.chunks or n in self.tier.pending for n in names)
-        self.tier.begin_save(names)
-        if names:
-            self.saving.append(names)
+        self.tier.begin_save(keys, want)
+        self.ref.begin_save(names)
+        if want:
+            self.saving.append((keys, want, names))
 
     @precondition(lambda self: self.saving)
     @rule(i=st.integers(0, 100))
     def end_save(self, i):
-        names = self.saving.pop(i % len(self.saving))
-        before = set(self.tier.chunks)
-        evicted = self.tier.end_save(names)
-        assert set(evicted) <= before | set(names) and not set(evicted) & set(self.tier.chunks)
+        keys, want, names = self.saving.pop(i % len(self.saving))
+        assert self.tier.end_save(keys, want) == self.ref.end_save(names)
 
-    @rule(p=st.integers(0, 2), limit=st.integers(0, 8))
-    def touch(self, p, limit):
+    @rule(p=st.integers(0, 5), limit=st.integers(0, 10), data=st.data())
+    def touch(self, p, limit, data):
+        """A hit (behind an HBM hit of `first` blocks) is taken: its chunks get young."""
         keys = self.prompts[p]
+        limit = min(limit, len(keys) // self.c)
         hit = self.tier.match(keys, limit * self.c)
+        assert hit == self.ref.match(keys, limit * self.c)
         assert hit % self.c == 0 and hit <= limit * self.c
-        self.tier.touch(keys, 0, hit)
-        if hit:  # the hit's last chunk is now the most recently used
-            assert next(reversed(self.tier.chunks)) == keys[hit - 1]
+        first = data.draw(st.integers(0, hit))
+        self.tier.touch(keys, first, hit - first)
+        self.ref.touch(keys, first, hit - first)
 
     @invariant()
-    def within_capacity(self):
-        t = self.tier
-        assert len(t.chunks) <= t.capacity
-        assert t.pending == {n for s in self.saving for n in s}
-        if not t.pending:
+    def agrees_with_the_reference(self):
+        t, ref = self.tier, self.ref
+        assert list(t.chunks) == list(ref.chunks)  # the same chunks, in the same eviction order
+        assert len(t.chunks) == len(ref.chunks) <= t.capacity
+        assert t.pending == ref.pending == {n for *_, names in self.saving for n in names}
+        assert (t.evictions, t.inserted) == (ref.evictions, ref.inserted)
+        for keys in self.prompts:
+            assert t.match(keys, len(keys)) == ref.match(keys, len(keys))
+        if t.pending:
+            with pytest.raises(AssertionError, match="never completed"):
+                t.check()
+        else:
             t.check()
 
     def teardown(self):
         if hasattr(self, "tier"):
             while self.saving:
-                self.tier.end_save(self.saving.pop())
+                keys, want, names = self.saving.pop()
+                assert self.tier.end_save(keys, want) == self.ref.end_save(names)
             self.tier.check()
 
 
@@ -162,28 +244,51 @@ TierMachine.TestCase.settings = PROPS
 test_tier_properties = TierMachine.TestCase
 
 
+class _TouchForgetsOrder(TierIndex):
+    """A broken index: a hit's chunks do not get young."""
+
+    def touch(self, block_keys, first_block, n_blocks):
+        self.hit_chunks += n_blocks // self.chunk_blocks
+
+
+def test_the_reference_catches_a_broken_tier():
+    machine = type("Broken", (TierMachine,), {"tier_class": _TouchForgetsOrder})
+    with pytest.raises((AssertionError, ExceptionGroup)):  # hypothesis may report several
+        run_state_machine_as_test(machine, settings=PROPS)
+
+
 def test_pool_check_catches_a_corrupt_count():
     pool = BlockPool(8)
+    keys = [1, 2, 3]
     pool.allocate(3)
-    pool.promote([1, 2])
-    pool.release([1, 2], 1)
+    runs = pool.promote(keys, 0, 2)
+    pool.release(keys, runs, 1)
     pool.check()
     pool.in_use += 9  # a lost release
     with pytest.raises(AssertionError, match="in_use"):
         pool.check()
     pool.in_use -= 9
-    pool.lru.pop(1)  # a cached key vanished from the LRU but not from the resident set
-    with pytest.raises(AssertionError, match="resident set"):
+    pool.lru_blocks -= 1  # a cached block vanished from the LRU's count
+    with pytest.raises(AssertionError, match="resident counts"):
+        pool.check()
+    pool.lru_blocks += 1
+    node = pool.root.children[1]
+    node.prev.next = node.next  # a run unlinked from the LRU but still unreferenced
+    with pytest.raises(AssertionError, match="LRU"):
         pool.check()
 
 
 def test_tier_check_catches_overfill_and_unfinished_saves():
     tier = TierIndex("t", 2, 1)
-    tier.begin_save([1, 2])
+    tier.begin_save([1, 2], [0, 1])
     with pytest.raises(AssertionError, match="never completed"):
         tier.check()
-    tier.end_save([1, 2])
+    tier.end_save([1, 2], [0, 1])
     tier.check()
-    tier.chunks[3] = None  # stored behind end_save's back
+    tier.stored += 1  # stored behind end_save's back
+    with pytest.raises(AssertionError, match="chunks stored"):
+        tier.check()
+    tier.stored -= 1
+    tier.capacity = 1  # holds more than fits
     with pytest.raises(AssertionError, match="more chunks than fit"):
         tier.check()

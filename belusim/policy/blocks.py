@@ -1,45 +1,91 @@
-"""HBM KV blocks of one instance and its prefix cache (vLLM V1 semantics).
+"""HBM KV blocks of one instance and its prefix cache (vLLM V1 semantics), indexed by runs.
 
 A block is either private to a request (partly filled, or generated tokens) or cached under
 its chain key. Cached blocks nobody uses sit in an LRU queue and are evicted, oldest first,
 only when a fresh block is needed. Counting is enough: the simulator never needs to know
 which physical block holds what, only how many are in use and which keys are resident.
+
+Chain keys name a block and its whole prefix, so the cached keys form a tree. The index is
+a radix tree (after SGLang's radix cache, python/sglang/srt/mem_cache/radix_cache.py): a
+node is a run of consecutive keys that share their fate (resident or not, the same
+holders, one place in the LRU), children are found by their first key, and every
+operation works per run, never per block. The order of evictions is vLLM V1's block for
+block (vllm/v1/core/block_pool.py, kv_cache_utils.py FreeKVCacheBlockQueue): a released
+request's blocks join the LRU deepest first, a hit takes blocks out of it wherever they
+are, eviction takes the oldest; a run splits where only part of it changes. A run stays
+in the tree after its blocks are evicted while deeper runs are still resident (two
+requests prefilling the same prefix: one caches the head, the other the tail).
+
+A request holds its cached blocks as depth ranges of its own keys, `runs`: node
+boundaries always fall on those ranges' ends, so releasing a request walks its path once.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
-from itertools import filterfalse, islice, repeat, takewhile
+from itertools import chain
 
 
 class OutOfBlocks(Exception):
     pass
 
 
-class EvictionLog:
-    """The most recent evicted keys, addressed by eviction count, so that a waiting request
-    can tell whether its matched prefix lost a key without walking it again."""
+class Node:
+    """A run of consecutive chain keys starting at `depth` (blocks from the prompt's start)."""
 
-    KEEP = 1 << 12  # keys kept (a few steps of evictions); an older question gets None (walk again)
+    __slots__ = ("keys", "depth", "parent", "children", "ref", "cached", "prev", "next")
 
-    __slots__ = ("keys", "base")
+    def __init__(self, keys: list, depth: int, parent: Node | None, ref: int = 0, cached: bool = False):
+        self.keys = keys
+        self.depth = depth
+        self.parent = parent
+        self.children: dict[int, Node] = {}
+        self.ref = ref  # requests holding every block of the run
+        self.cached = cached  # resident in HBM (else a placeholder on the way to resident runs)
+        self.prev: Node | None = None  # neighbours in the LRU (None: not in it)
+        self.next: Node | None = None
 
-    def __init__(self):
-        self.keys: list[int] = []
-        self.base = 0  # eviction count of keys[0]
+    def __repr__(self) -> str:
+        return f"Node(depth={self.depth}, n={len(self.keys)}, ref={self.ref}, cached={self.cached})"
 
-    def extend(self, keys) -> None:
-        log = self.keys
-        log.extend(keys)
-        if len(log) > 2 * self.KEEP:
-            drop = len(log) - self.KEEP
-            del log[:drop]
-            self.base += drop
 
-    def since(self, count: int) -> list[int] | None:
-        if count < self.base:
-            return None
-        return self.keys[count - self.base:]
+def _split(node: Node, k: int, keep_bottom: bool, link: bool = True) -> Node:
+    """Cut `node` after its first k keys. Returns the new node: the top part if keep_bottom
+    (node stays the deeper part), else the bottom. In the LRU the two stay where the run
+    was, the deeper part first (unless not `link`: the caller evicts the new part)."""
+    keys = node.keys
+    if keep_bottom:
+        new = top = Node(keys[:k], node.depth, node.parent, node.ref, node.cached)
+        node.parent.children[keys[0]] = top
+        node.keys = keys[k:]
+        node.depth += k
+        node.parent = top
+        top.children[node.keys[0]] = node
+        if link and node.prev is not None:  # top goes right after node
+            nxt = node.next
+            top.prev, top.next = node, nxt
+            node.next = nxt.prev = top
+        return top
+    new = bottom = Node(keys[k:], node.depth + k, node, node.ref, node.cached)
+    bottom.children = node.children
+    for child in bottom.children.values():
+        child.parent = bottom
+    node.keys = keys[:k]
+    node.children = {bottom.keys[0]: bottom}
+    if link and node.prev is not None:  # bottom goes right before node
+        prv = node.prev
+        bottom.prev, bottom.next = prv, node
+        prv.next = node.prev = bottom
+    return new
+
+
+def _common(a: list, b, start: int, n: int) -> int:
+    """How many leading keys of a (at most n) equal b[start:]."""
+    if a[:n] == b[start:start + n]:
+        return n
+    i = 1  # the first keys are equal: that is how the node was found
+    while i < n and a[i] == b[start + i]:
+        i += 1
+    return i
 
 
 class BlockPool:
@@ -49,12 +95,14 @@ class BlockPool:
         self.num_blocks = num_blocks
         self.caching = caching
         self.in_use = 0  # blocks held by requests (cached-and-referenced plus private)
-        self.refcount: dict[int, int] = {}  # cached keys held by at least one request
-        self.lru: OrderedDict[int, None] = OrderedDict()  # cached keys held by nobody; first = next evicted
-        self.resident: set[int] = set()  # every cached key, held or not (fast prefix walks)
+        self.root = Node([], 0, None, cached=True)
+        # unreferenced cached runs, a circular list through this sentinel; head.next = next evicted
+        self._lru = head = Node([], 0, None)
+        head.prev = head.next = head
+        self.lru_blocks = 0  # blocks in those runs
+        self.cached = 0  # cached blocks, held or not
         self.evictions = 0
         self.promotions = 0
-        self._evicted = EvictionLog()
 
     # -- queries ---------------------------------------------------------------------
     @property
@@ -63,111 +111,254 @@ class BlockPool:
         return self.num_blocks - self.in_use
 
     @property
-    def cached(self) -> int:
-        return len(self.resident)
+    def empty(self) -> int:
+        """Blocks holding nothing (free without evicting)."""
+        return self.num_blocks - self.in_use - self.lru_blocks
 
-    def contains(self, key: int) -> bool:
-        return key in self.resident
-
-    def match_prefix(self, keys: list[int], limit: int, start: int = 0) -> int:
-        """How many leading keys (at most `limit`) are resident. `start` skips keys the
-        caller knows are resident (nothing was evicted since it last looked)."""
-        if not self.caching or start >= limit:
-            return min(start, limit) if self.caching else 0
-        return start + len(list(takewhile(self.resident.__contains__, islice(keys, start, limit))))
-
-    def count_unreferenced(self, keys: list[int]) -> int:
-        """Of these resident keys, how many nobody holds (taking them costs free blocks)."""
-        lru = self.lru
-        if not lru:
+    def match_prefix(self, keys, limit: int, start: int = 0) -> int:
+        """How many leading keys (at most `limit`) are resident. (`start`: kept for callers
+        that know a resident prefix; the walk is per run, so it starts at the root.)"""
+        if not self.caching or limit <= 0:
             return 0
-        return len(keys) - sum(map(self.refcount.__contains__, keys))
+        node, d = self.root, 0
+        children = node.children
+        while d < limit:
+            child = children.get(keys[d])
+            if child is None or not child.cached:
+                return d
+            n = min(len(child.keys), limit - d)
+            m = _common(child.keys, keys, d, n)
+            d += m
+            if m < len(child.keys):
+                return d
+            children = child.children
+        return d
+
+    def _path(self, keys, end: int):
+        """The nodes along keys[:end], which must all be in the tree, with node boundaries
+        at `end`; yields (node, depth)."""
+        node, d = self.root, 0
+        while d < end:
+            node = node.children[keys[d]]
+            yield node
+            d += len(node.keys)
+
+    def _cut(self, keys, end: int, keep_bottom: bool) -> None:
+        """Make a node boundary at depth `end` on the path of keys (resident up to `end`)."""
+        node, d = self.root, 0
+        while d < end:
+            node = node.children[keys[d]]
+            nd = d + len(node.keys)
+            if nd > end:
+                _split(node, end - d, keep_bottom)
+                return
+            d = nd
+
+    def count_unreferenced(self, keys, n: int | None = None) -> int:
+        """Of the resident keys keys[:n], how many nobody holds (taking them costs free blocks)."""
+        if n is None:
+            n = len(keys)
+        if not self.lru_blocks or n <= 0:
+            return 0
+        node, d, total = self.root, 0, 0
+        while d < n:
+            node = node.children[keys[d]]
+            m = min(len(node.keys), n - d)
+            if not node.ref:
+                total += m
+            d += m
+        return total
 
     # -- changes ---------------------------------------------------------------------
-    def acquire_cached(self, keys: list[int]) -> None:
-        """Take references on resident cached blocks (a prefix hit)."""
-        refcount, lru = self.refcount, self.lru
-        held = list(map(refcount.get, keys, repeat(0)))
-        taken = held.count(0)
-        # Bulk paths for the usual cases (all unheld, or all held by others); a request's
-        # keys are distinct (a chain key includes its position).
-        if taken == len(keys):
-            deque(map(lru.pop, keys), maxlen=0)  # KeyError: the caller skipped match_prefix
-            refcount.update(dict.fromkeys(keys, 1))
-        elif taken == 0:
-            refcount.update(zip(keys, map((1).__add__, held)))
-        else:
-            for key, n in zip(keys, held):
-                if n == 0:
-                    del lru[key]
-                refcount[key] = n + 1
+    def acquire_cached(self, keys, n: int | None = None) -> list[tuple[int, int]]:
+        """Take references on the resident blocks keys[:n] (a prefix hit). Returns the runs
+        now held: [(0, n)] (nothing if n is 0)."""
+        if n is None:
+            n = len(keys)
+        if n <= 0:
+            return []
+        self._cut(keys, n, keep_bottom=True)  # the deeper part keeps its LRU place
+        taken = 0
+        for node in self._path(keys, n):
+            if not node.ref:
+                prv, nxt = node.prev, node.next  # AttributeError: the caller skipped match_prefix
+                prv.next, nxt.prev = nxt, prv
+                node.prev = node.next = None
+                taken += len(node.keys)
+            node.ref += 1
+        self.lru_blocks -= taken
         self.in_use += taken
+        return [(0, n)]
 
     def allocate(self, n: int) -> None:
         """Take n fresh private blocks, evicting unreferenced cached blocks if needed."""
         if n <= 0:
             return
-        if n > self.free:
+        if n > self.num_blocks - self.in_use:
             raise OutOfBlocks(n)
-        evict = n - (self.num_blocks - self.in_use - len(self.lru))
+        evict = n - (self.num_blocks - self.in_use - self.lru_blocks)
         if evict > 0:
-            lru = self.lru
-            gone = list(islice(lru, evict))  # the oldest first
-            deque(map(lru.pop, gone), maxlen=0)
-            self.resident.difference_update(gone)
-            self._evicted.extend(gone)
-            self.evictions += evict
+            self._evict(evict)
         self.in_use += n
 
-    def promote(self, keys: list[int]) -> list[int]:
-        """Private blocks became full with these contents: cache them. Returns the keys
-        cached; a key already cached by someone else stays private, as in vLLM."""
-        if not self.caching:
+    def _evict(self, count: int) -> None:
+        """Evict `count` blocks from the old end of the LRU, a run's deepest blocks first."""
+        head = self._lru
+        self.evictions += count
+        self.lru_blocks -= count
+        self.cached -= count
+        while count:
+            node = head.next
+            n = len(node.keys)
+            if n > count:  # its deepest `count` go; node keeps its place with the rest
+                self._drop(_split(node, n - count, keep_bottom=False, link=False))
+                return
+            nxt = node.next
+            head.next, nxt.prev = nxt, head
+            node.prev = node.next = None
+            self._drop(node)
+            count -= n
+
+    def _drop(self, node: Node) -> None:
+        """A run's blocks are gone from HBM; prune placeholders nothing resident hangs from."""
+        node.cached = False
+        while not node.children and not node.cached and node.parent is not None:
+            parent = node.parent
+            del parent.children[node.keys[0]]
+            node.parent = None
+            node = parent
+
+    def promote(self, keys, first: int, end: int) -> list[tuple[int, int]]:
+        """Private blocks keys[first:end] became full: cache them, held by their request.
+        Returns the runs cached; a key already cached by someone else stays private, as in
+        vLLM."""
+        if not self.caching or first >= end:
             return []
-        resident = self.resident
-        new = list(filterfalse(resident.__contains__, keys))
-        self.refcount.update(dict.fromkeys(new, 1))
-        resident.update(new)
-        self.promotions += len(new)
+        new: list[tuple[int, int]] = []
+        parent, d = self.root, 0
+        while d < end:
+            child = parent.children.get(keys[d])
+            if child is None:
+                # the rest of the path is new: a placeholder up to `first`, then the run
+                if d < first:
+                    child = Node(keys[d:first], d, parent)
+                    parent.children[keys[d]] = child
+                    parent, d = child, first
+                run = Node(keys[d:end], d, parent, ref=1, cached=True)
+                parent.children[keys[d]] = run
+                new.append((d, end))
+                break
+            n = len(child.keys)
+            m = _common(child.keys, keys, d, min(n, end - d))
+            if m < n and (d + m < end or (not child.cached and d + m > first)):
+                _split(child, m, keep_bottom=False)  # the path leaves this run, or caches only its head
+            if not child.cached and d + m > first:
+                lo = max(d, first)
+                if lo > d:
+                    child = _split(child, lo - d, keep_bottom=False)
+                child.cached, child.ref = True, 1
+                if new and new[-1][1] == lo:
+                    new[-1] = (new[-1][0], d + m)
+                else:
+                    new.append((lo, d + m))
+            parent, d = child, d + m
+        got = sum(e - s for s, e in new)
+        self.cached += got
+        self.promotions += got
         return new
 
-    def release(self, cached_keys: list[int], private: int) -> None:
+    def release(self, keys, runs: list[tuple[int, int]], private: int) -> None:
         """Return a request's blocks; deepest first, so its tail is evicted before its head."""
-        refcount = self.refcount
-        keys = cached_keys[::-1]
-        held = list(map(refcount.__getitem__, keys))
-        if held.count(1) == len(held):  # the usual case: nobody else holds any of them
-            deque(map(refcount.pop, keys), maxlen=0)
-            unheld = keys
-        else:
-            unheld = []
-            for key, n in zip(keys, held):
-                if n > 1:
-                    refcount[key] = n - 1
-                else:
-                    del refcount[key]
-                    unheld.append(key)
-        self.lru.update(dict.fromkeys(unheld))
-        self.in_use -= len(unheld) + private
+        if runs:
+            nodes = []
+            it = iter(runs)
+            lo, hi = next(it)
+            for node in self._path(keys, runs[-1][1]):
+                if node.depth >= hi:
+                    lo, hi = next(it)
+                if node.depth >= lo:
+                    nodes.append(node)
+            head, unheld = self._lru, 0
+            for node in reversed(nodes):
+                node.ref -= 1
+                if not node.ref:  # joins the young end of the LRU
+                    tail = head.prev
+                    node.prev, node.next = tail, head
+                    tail.next = head.prev = node
+                    unheld += len(node.keys)
+            self.lru_blocks += unheld
+            private += unheld
+        self.in_use -= private
         if self.in_use < 0:
             raise AssertionError("block accounting went negative")
 
     def clear_cache(self) -> None:
         """Drop every unreferenced cached block (an engine restart empties HBM)."""
-        self.evictions += len(self.lru)
-        self.resident.difference_update(self.lru)
-        self._evicted.extend(self.lru)
-        self.lru.clear()
+        if self.lru_blocks:
+            self._evict(self.lru_blocks)
 
-    def evicted_since(self, evictions: int) -> list[int] | None:
-        """The keys evicted after the pool's eviction count was `evictions` (None if that is
-        too long ago to tell)."""
-        return self._evicted.since(evictions)
+    # -- views for tests and checks (walk everything) ------------------------------------
+    def nodes(self):
+        stack = list(self.root.children.values())
+        while stack:
+            node = stack.pop()
+            yield node
+            stack.extend(node.children.values())
+
+    def lru_nodes(self):
+        head = self._lru
+        node = head.next
+        while node is not head:
+            yield node
+            node = node.next
+
+    @property
+    def lru(self) -> list[int]:
+        """Unreferenced cached keys, next evicted first."""
+        return list(chain.from_iterable(reversed(node.keys) for node in self.lru_nodes()))
+
+    @property
+    def refcount(self) -> dict[int, int]:
+        """Held cached keys and how many requests hold each."""
+        return {k: node.ref for node in self.nodes() if node.ref for k in node.keys}
+
+    @property
+    def resident(self) -> set[int]:
+        return {k for node in self.nodes() if node.cached for k in node.keys}
+
+    def contains(self, key: int) -> bool:
+        return key in self.resident
 
     def check(self) -> None:
         if not (0 <= self.in_use <= self.num_blocks):
             raise AssertionError(f"in_use={self.in_use} outside [0, {self.num_blocks}]")
-        if self.in_use + len(self.lru) > self.num_blocks:
+        if self.in_use + self.lru_blocks > self.num_blocks:
             raise AssertionError("more blocks resident than exist")
-        if len(self.resident) != len(self.refcount) + len(self.lru):
-            raise AssertionError("resident set out of step with the cache")
+        in_lru = set()
+        prev = self._lru
+        for node in self.lru_nodes():
+            if node.prev is not prev or node in in_lru:
+                raise AssertionError(f"the LRU's links are broken at {node!r}")
+            in_lru.add(node)
+            prev = node
+        cached = lru = 0
+        for node in self.nodes():
+            if node.ref < 0 or (node.ref and not node.cached) or not node.keys:
+                raise AssertionError(f"bad run {node!r}")
+            if node.parent.children.get(node.keys[0]) is not node or (
+                    node.depth != node.parent.depth + len(node.parent.keys)):
+                raise AssertionError(f"run {node!r} out of place in the tree")
+            if node.cached:
+                cached += len(node.keys)
+                if not node.ref:
+                    lru += len(node.keys)
+                    if node not in in_lru:
+                        raise AssertionError(f"unreferenced cached run {node!r} missing from the LRU")
+            elif not node.children:
+                raise AssertionError(f"placeholder run {node!r} with nothing below it")
+            elif node in in_lru:
+                raise AssertionError(f"run {node!r} in the LRU")
+        if cached != self.cached or lru != self.lru_blocks or len(in_lru) != sum(
+                1 for n in self.nodes() if n.cached and not n.ref):
+            raise AssertionError(f"resident counts out of step with the cache: {cached} cached, "
+                                 f"{lru} unreferenced; the pool counts {self.cached}, {self.lru_blocks}")

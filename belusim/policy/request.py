@@ -39,7 +39,8 @@ class Request:
         "state",
         "num_computed",
         "num_output",
-        "cached_keys",
+        "runs",
+        "cached_blocks",
         "private_blocks",
         "hbm_hit_tokens",
         "tier_hit_tokens",
@@ -78,7 +79,8 @@ class Request:
         self.state = State.WAITING
         self.num_computed = 0  # tokens whose KV is in HBM
         self.num_output = 0  # tokens sampled so far
-        self.cached_keys: list[int] = []  # cached HBM blocks this request holds, in prefix order
+        self.runs: list[tuple[int, int]] = []  # cached HBM blocks it holds: keys[a:b] for (a, b), in order
+        self.cached_blocks = 0  # how many that is
         self.private_blocks = 0
         self.hbm_hit_tokens = 0
         self.tier_hit_tokens = 0
@@ -95,8 +97,8 @@ class Request:
         self.reject_reason = ""
         self.prefill_only = False  # disaggregated prefill: stop after the first token
         self.on_finish = None  # callback(request), set by the cluster
-        # last prefix probe (hbm blocks, tier blocks, evictions seen): a waiting request that
-        # is probed again resumes the walk where it stopped if nothing was evicted since
+        # last prefix probe (hbm blocks, tier blocks, evictions seen then): what a blocked
+        # head matched, for telling whether a tier change could let it in
         self.probe = (0, 0, -1, -1)
         self.saves_in_flight = 0
         self.on_saved = None  # callback(request) when its last save lands (disaggregation)
@@ -127,7 +129,12 @@ class Request:
 
     @property
     def blocks_held(self) -> int:
-        return len(self.cached_keys) + self.private_blocks
+        return self.cached_blocks + self.private_blocks
+
+    @property
+    def cached_keys(self) -> list[int]:
+        """The keys of the cached blocks it holds, in prefix order."""
+        return [k for a, b in self.runs for k in self.keys[a:b]]
 
     @property
     def remaining_outputs(self) -> int:
@@ -137,7 +144,8 @@ class Request:
         """Reset the engine-side state so that a decode instance can take the request."""
         self.state = State.WAITING
         self.num_computed = 0
-        self.cached_keys = []
+        self.runs = []
+        self.cached_blocks = 0
         self.private_blocks = 0
         self.looked_up = False
         self.prefill_only = False

@@ -31,14 +31,6 @@ def blocks_for(tokens: int, block_size: int) -> int:
     return -(-tokens // block_size)
 
 
-def _lost_a_key(evicted: list[int] | None, matched: set[int]) -> bool:
-    """Did an eviction take one of these matched keys? (None: too long ago to tell.) When
-    more was evicted than matched, walking again is as cheap as checking."""
-    if evicted is None or len(evicted) > 2 * len(matched):
-        return True
-    return not matched.isdisjoint(evicted)
-
-
 @dataclass(slots=True)
 class Load:
     request: Request
@@ -235,22 +227,15 @@ class Scheduler:
         # At least one prompt token is always computed, so the last full block may not count.
         limit = min((req.known_tokens - 1) // bs, len(req.keys))
         tier = self.tier
-        # Resume from the last probe's matches unless one of their own keys was evicted since.
-        p_hbm, p_tier, p_pool_ev, p_tier_ev = req.probe
-        if p_hbm and p_pool_ev != pool.evictions and _lost_a_key(
-                pool.evicted_since(p_pool_ev), req.matched_names(p_hbm, 1)):
-            p_hbm = 0
+        # Both indexes are walked per run of blocks, so a probe costs the runs on the path.
         tier_ev = tier.evictions if tier is not None else 0
-        if p_tier and p_tier_ev != tier_ev and _lost_a_key(
-                tier.evicted_since(p_tier_ev), req.matched_names(p_tier, tier.chunk_blocks)):
-            p_tier = 0
-        hbm = pool.match_prefix(req.keys, limit, min(p_hbm, limit))
+        hbm = pool.match_prefix(req.keys, limit)  # a walk over runs, not blocks
         tier_blocks = 0
         if tier is not None:
             plan.lookups += 1
             plan.lookup_keys += max(1, limit // tier.chunk_blocks)
             plan.lookup_chunks.append(limit // tier.chunk_blocks)
-            tier_blocks = tier.match(req.keys, limit, min(p_tier, limit))
+            tier_blocks = tier.match(req.keys, limit)
         req.probe = (hbm, tier_blocks, pool.evictions, tier_ev)
         ext = max(0, tier_blocks - hbm)
         computed = (hbm + ext) * bs
@@ -259,12 +244,11 @@ class Scheduler:
         free = pool.free
         if need > free:
             return False  # even if every hit were held by others
-        hit_keys = req.keys[:hbm]
         # hits nobody holds cost a free block each; count them only if that can decide
-        if need + hbm > free and need + pool.count_unreferenced(hit_keys) > free:
+        if need + hbm > free and need + pool.count_unreferenced(req.keys, hbm) > free:
             return False
-        pool.acquire_cached(hit_keys)
-        req.cached_keys = list(hit_keys)
+        req.runs = pool.acquire_cached(req.keys, hbm)
+        req.cached_blocks = hbm
         if req.preemptions == 0 and not req.handed_off:
             req.hbm_hit_tokens = hbm * bs
             req.tier_hit_tokens = ext * bs
@@ -319,8 +303,9 @@ class Scheduler:
         return False
 
     def _release_waiting(self, req: Request) -> None:
-        self.pool.release(req.cached_keys, req.private_blocks)
-        req.cached_keys = []
+        self.pool.release(req.keys, req.runs, req.private_blocks)
+        req.runs = []
+        req.cached_blocks = 0
         req.private_blocks = 0
         self._set_computed(req, 0)
         req.looked_up = False
@@ -331,9 +316,12 @@ class Scheduler:
 
     def _promote(self, req: Request, first: int, end: int) -> None:
         """Prompt blocks [first, end) now hold computed KV: cache them."""
-        new = self.pool.promote(req.keys[first:end])
-        req.cached_keys.extend(new)
-        req.private_blocks -= len(new)
+        new = self.pool.promote(req.keys, first, end)
+        if new:
+            n = sum(b - a for a, b in new)
+            req.runs.extend(new)
+            req.cached_blocks += n
+            req.private_blocks -= n
 
     def load_done(self, load: Load) -> None:
         """An async load finished: the request may run from the next step on."""
@@ -399,7 +387,7 @@ class Scheduler:
             return None
         c = tier.chunk_blocks
         keys = [req.keys[(i + 1) * c - 1] for i in idx]
-        tier.begin_save(keys)
+        tier.begin_save(req.keys, idx)
         req.saves_in_flight += 1
         return Save(req, idx, keys)
 
@@ -426,8 +414,9 @@ class Scheduler:
             self._free(req)
 
     def _free(self, req: Request) -> None:
-        self.pool.release(req.cached_keys, req.private_blocks)
-        req.cached_keys = []
+        self.pool.release(req.keys, req.runs, req.private_blocks)
+        req.runs = []
+        req.cached_blocks = 0
         req.private_blocks = 0
 
     # -- many decode steps at once -----------------------------------------------------------
@@ -443,7 +432,7 @@ class Scheduler:
         pool, bs = self.pool, self.bs
         free = pool.free
         if self.blocked_head() is not None:
-            free = pool.num_blocks - pool.in_use - len(pool.lru)  # empty blocks only
+            free = pool.empty  # empty blocks only
         # Blocks beyond what step 1 already allocated, for m steps in all:
         # sum_r ceil((c_r + m) / bs) - held_r. With c_r = q_r bs + s_r (0 <= s_r < bs) and
         # m >= 1, ceil((c_r + m) / bs) = q_r + 1 + (s_r + m - 1) // bs, and (s_r + m - 1) // bs
@@ -499,10 +488,13 @@ class Scheduler:
         self.pool.check()
         live = list(self.running) + list(self.waiting) + list(self.held)
         private = sum(r.private_blocks for r in live)
-        refs = sum(len(r.cached_keys) for r in live)
-        if refs != sum(self.pool.refcount.values()):
-            raise AssertionError(f"cached-block references: requests hold {refs}, the pool counts "
-                                 f"{sum(self.pool.refcount.values())}")
-        if private + len(self.pool.refcount) != self.pool.in_use:
+        refs = sum(r.cached_blocks for r in live)
+        pool_refs = held = 0
+        for node in self.pool.nodes():
+            pool_refs += node.ref * len(node.keys)
+            held += len(node.keys) if node.ref else 0
+        if refs != pool_refs or refs != sum(b - a for r in live for a, b in r.runs):
+            raise AssertionError(f"cached-block references: requests hold {refs}, the pool counts {pool_refs}")
+        if private + held != self.pool.in_use:
             raise AssertionError(f"KV blocks leaked: requests hold {private} private + "
-                                 f"{len(self.pool.refcount)} cached, the pool counts {self.pool.in_use}")
+                                 f"{held} cached, the pool counts {self.pool.in_use}")

@@ -112,7 +112,7 @@ def save_landed(sched: Scheduler, save: Save, on_evicted, wake) -> None:
     """A save's data landed: the tier stores its chunks (on_evicted(evicted) sees what that
     pushed out); wake() if that freed a finished request's held blocks (the head may fit
     now); then the request's on_saved callback runs once its last save landed."""
-    evicted = sched.tier.end_save(save.keys)
+    evicted = sched.tier.end_save(save.request.keys, save.chunk_indexes)
     on_evicted(evicted)
     if sched.save_done(save):
         wake()

@@ -4,14 +4,101 @@ The tier stores whole chunks of `chunk_blocks` engine blocks (1 for Beluga's nat
 16-token blocks, 16 for LMCache's 256-token chunks). A chunk is named by the chain key of
 its last block, which identifies the whole prefix up to it. A chunk being written is
 `pending`: invisible to lookups until its save completes, and not saved twice.
+
+Chunk names chain like block keys, so the index is a radix tree over runs of chunks that
+share their fate (stored, pending, or gone but with stored chunks below), like the HBM
+pool's (policy/blocks.py), and works per run, never per chunk. The LRU order is the one
+the per-chunk OrderedDict it replaces kept (as LMCache's LRUCachePolicy,
+lmcache/v1/storage_backend/cache_policy/lru.py): a store appends a save's chunks in prompt
+order, a hit moves its chunks to the young end in prompt order, so a prompt's first
+chunks go first and its deeper chunks may stay stored below an evicted head, unreachable by
+lookups until they age out too. A run splits where only part of it changes.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
-from itertools import islice, takewhile
+from itertools import chain
 
-from belusim.policy.blocks import EvictionLog
+GONE, PENDING, STORED = 0, 1, 2
+
+
+class TierNode:
+    """A run of consecutive chunk names starting at chunk index `depth`."""
+
+    __slots__ = ("keys", "depth", "parent", "children", "state", "prev", "next")
+
+    def __init__(self, keys: list, depth: int, parent: TierNode | None, state: int = GONE):
+        self.keys = keys
+        self.depth = depth
+        self.parent = parent
+        self.children: dict[int, TierNode] = {}
+        self.state = state
+        self.prev: TierNode | None = None  # neighbours in the LRU (None: not in it)
+        self.next: TierNode | None = None
+
+    def __repr__(self) -> str:
+        return f"TierNode(depth={self.depth}, n={len(self.keys)}, state={self.state})"
+
+
+def _split(node: TierNode, k: int, keep_bottom: bool, link: bool = True) -> TierNode:
+    """Cut `node` after its first k names; returns the new part (the top if keep_bottom,
+    else the bottom). In the LRU the two stay where the run was, the top first (unless not
+    `link`: the caller evicts the new part)."""
+    keys = node.keys
+    if keep_bottom:
+        top = TierNode(keys[:k], node.depth, node.parent, node.state)
+        node.parent.children[keys[0]] = top
+        node.keys = keys[k:]
+        node.depth += k
+        node.parent = top
+        top.children[node.keys[0]] = node
+        if link and node.prev is not None:  # top goes right before node
+            prv = node.prev
+            top.prev, top.next = prv, node
+            prv.next = node.prev = top
+        return top
+    bottom = TierNode(keys[k:], node.depth + k, node, node.state)
+    bottom.children = node.children
+    for child in bottom.children.values():
+        child.parent = bottom
+    node.keys = keys[:k]
+    node.children = {bottom.keys[0]: bottom}
+    if link and node.prev is not None:  # bottom goes right after node
+        nxt = node.next
+        bottom.prev, bottom.next = node, nxt
+        node.next = nxt.prev = bottom
+    return bottom
+
+
+def _common(a: list, b, start: int, n: int) -> int:
+    """How many leading names of a (at most n) equal b[start:]; a[0] == b[start] already."""
+    if a[:n] == b[start:start + n]:
+        return n
+    i = 1
+    while i < n and a[i] == b[start + i]:
+        i += 1
+    return i
+
+
+class _ChunkView:
+    """The stored chunk names, least recently used first (len() is O(1), the rest walks)."""
+
+    __slots__ = ("tier",)
+
+    def __init__(self, tier: TierIndex):
+        self.tier = tier
+
+    def __len__(self) -> int:
+        return self.tier.stored
+
+    def __iter__(self):
+        return chain.from_iterable(node.keys for node in self.tier.lru_nodes())
+
+    def __reversed__(self):
+        return reversed(list(self))
+
+    def __contains__(self, name: int) -> bool:
+        return any(name in node.keys for node in self.tier.lru_nodes())
 
 
 class TierIndex:
@@ -21,72 +108,262 @@ class TierIndex:
         self.name = name
         self.capacity = capacity_chunks
         self.chunk_blocks = chunk_blocks
-        self.chunks: OrderedDict[int, None] = OrderedDict()
-        self.pending: set[int] = set()
+        self.root = TierNode([], 0, None, STORED)
+        self._lru = head = TierNode([], 0, None)  # stored runs, circular; head.next = next evicted
+        head.prev = head.next = head
+        self.stored = 0  # chunks stored
+        self.pending_chunks = 0  # chunks being saved
+        self.chunks = _ChunkView(self)
         self.evictions = 0
         self.inserted = 0
         self.lookups = 0
         self.hit_chunks = 0
-        self._evicted = EvictionLog()
+
+    def names(self, block_keys, end_blocks: int | None = None):
+        """The chunk names of a prompt's blocks (a chunk is named by its last block's key)."""
+        c = self.chunk_blocks
+        if c == 1:
+            return block_keys  # callers never index past end_blocks
+        return block_keys[c - 1:end_blocks:c]
 
     def chunk_keys(self, block_keys: list[int], first_chunk: int, last_chunk: int) -> list[int]:
         c = self.chunk_blocks
-        return [block_keys[(i + 1) * c - 1] for i in range(first_chunk, last_chunk)]
+        return list(block_keys[(first_chunk + 1) * c - 1:last_chunk * c:c])
+
+    def _walk(self, names, end: int):
+        """Nodes along names[:end], all in the tree with a node boundary at `end`; yields them."""
+        node, d = self.root, 0
+        while d < end:
+            node = node.children[names[d]]
+            yield node
+            d += len(node.keys)
+
+    def _cut(self, names, at: int, keep_bottom: bool) -> None:
+        """A node boundary at chunk `at` on this path (which is in the tree up to `at`)."""
+        if at <= 0:
+            return
+        node, d = self.root, 0
+        while d < at:
+            node = node.children.get(names[d])
+            if node is None:
+                return
+            nd = d + len(node.keys)
+            if nd > at:
+                _split(node, at - d, keep_bottom)
+                return
+            d = nd
 
     def match(self, block_keys: list[int], limit_blocks: int, start_blocks: int = 0) -> int:
-        """Leading blocks (whole chunks, at most limit_blocks) the tier holds. `start_blocks`
-        skips chunks the caller knows are held (nothing was evicted since it last looked)."""
+        """Leading blocks (whole chunks, at most limit_blocks) the tier holds. (`start_blocks`:
+        kept for callers that know a stored prefix; the walk is per run, from the root.)"""
         self.lookups += 1
         c = self.chunk_blocks
-        i, n_chunks = start_blocks // c, limit_blocks // c
-        if i >= n_chunks:
-            return n_chunks * c
-        # a chunk is named by its last block's key: positions c-1, 2c-1, ...
-        names = islice(block_keys, i * c + c - 1, n_chunks * c, c)
-        return (i + len(list(takewhile(self.chunks.__contains__, names)))) * c
+        limit = limit_blocks // c
+        if limit <= 0:
+            return 0
+        names = self.names(block_keys, limit * c)
+        children, d = self.root.children, 0
+        while d < limit:
+            child = children.get(names[d])
+            if child is None or child.state != STORED:
+                break
+            n = min(len(child.keys), limit - d)
+            m = _common(child.keys, names, d, n)
+            d += m
+            if m < len(child.keys):
+                break
+            children = child.children
+        return d * c
 
     def touch(self, block_keys: list[int], first_block: int, n_blocks: int) -> None:
-        """Mark the chunks of a hit as recently used (once, when the hit is taken)."""
+        """Mark the chunks of a hit as recently used (once, when the hit is taken): they move
+        to the young end in prompt order."""
         c = self.chunk_blocks
         first, end = first_block // c, (first_block + n_blocks) // c
-        deque(map(self.chunks.move_to_end, islice(block_keys, first * c + c - 1, end * c, c)), maxlen=0)
         self.hit_chunks += n_blocks // c
+        if end <= first:
+            return
+        names = self.names(block_keys, end * c)
+        self._cut(names, end, keep_bottom=True)
+        self._cut(names, first, keep_bottom=False)
+        head = self._lru
+        d, node = 0, self.root
+        while d < end:
+            node = node.children[names[d]]
+            if d >= first:  # unlink, then append at the young end
+                prv, nxt = node.prev, node.next
+                prv.next, nxt.prev = nxt, prv
+                tail = head.prev
+                node.prev, node.next = tail, head
+                tail.next = head.prev = node
+            d += len(node.keys)
 
     def wanted(self, block_keys: list[int], upto_blocks: int, from_chunk: int) -> list[int]:
         """Chunk indexes in [from_chunk, upto_blocks // chunk) that are neither stored nor pending."""
-        c, chunks, pending = self.chunk_blocks, self.chunks, self.pending
-        first, end = from_chunk, upto_blocks // c
-        names = block_keys[first * c + c - 1:end * c:c]
-        if not any(map(chunks.__contains__, names)) and pending.isdisjoint(names):
-            return list(range(first, end))  # the usual case: nothing of it stored yet
-        return [first + j for j, k in enumerate(names) if k not in chunks and k not in pending]
+        end = upto_blocks // self.chunk_blocks
+        if from_chunk >= end:
+            return []
+        names = self.names(block_keys, upto_blocks)
+        out: list[int] = []
+        node, d = self.root, 0
+        while d < end:
+            child = node.children.get(names[d])
+            if child is None:
+                out.extend(range(max(d, from_chunk), end))
+                break
+            m = _common(child.keys, names, d, min(len(child.keys), end - d))
+            if child.state == GONE and d + m > from_chunk:
+                out.extend(range(max(d, from_chunk), d + m))
+            if m < len(child.keys):  # the path leaves the tree inside this run
+                if d + m < end:
+                    out.extend(range(max(d + m, from_chunk), end))
+                break
+            node, d = child, d + m
+        return out
 
-    def begin_save(self, keys: list[int]) -> None:
-        self.pending.update(keys)
+    def begin_save(self, block_keys, chunk_indexes: list[int]) -> None:
+        """These chunks (none stored or pending) are being written: pending until end_save."""
+        if not chunk_indexes:
+            return
+        names = self.names(block_keys, (chunk_indexes[-1] + 1) * self.chunk_blocks)
+        for a, b in _ranges(chunk_indexes):
+            self._mark_pending(names, a, b)
+        self.pending_chunks += len(chunk_indexes)
 
-    def end_save(self, keys: list[int]) -> list[int]:
-        """Store the chunks; returns the chunks evicted to make room."""
-        self.pending.difference_update(keys)
-        chunks = self.chunks
-        before = len(chunks)
-        chunks.update(dict.fromkeys(keys))  # keys were not stored when the save began
-        self.inserted += len(chunks) - before
-        over = len(chunks) - self.capacity
+    def _mark_pending(self, names, first: int, end: int) -> None:
+        parent, d = self.root, 0
+        while d < end:
+            child = parent.children.get(names[d])
+            if child is None:
+                if d < first:  # a placeholder up to `first`
+                    child = TierNode(names[d:first], d, parent)
+                    parent.children[names[d]] = child
+                    parent, d = child, first
+                parent.children[names[d]] = TierNode(names[d:end], d, parent, PENDING)
+                return
+            n = len(child.keys)
+            m = _common(child.keys, names, d, min(n, end - d))
+            if m < n:
+                _split(child, m, keep_bottom=False)
+            if d + m > first:
+                if child.state != GONE:
+                    raise AssertionError(f"tier {self.name}: saving a chunk stored or pending")
+                if first > d:
+                    child = _split(child, first - d, keep_bottom=False)
+                child.state = PENDING
+            parent, d = child, d + m
+
+    def end_save(self, block_keys, chunk_indexes: list[int]) -> list[int]:
+        """Store the chunks (at the young end, in prompt order); returns the chunk names
+        evicted to make room, oldest first."""
+        if not chunk_indexes:
+            return []
+        names = self.names(block_keys, (chunk_indexes[-1] + 1) * self.chunk_blocks)
+        head = self._lru
+        for a, b in _ranges(chunk_indexes):
+            for node in self._walk(names, b):
+                if node.depth >= a:
+                    if node.state != PENDING:
+                        raise AssertionError(f"tier {self.name}: a save ended that never began")
+                    node.state = STORED
+                    tail = head.prev
+                    node.prev, node.next = tail, head
+                    tail.next = head.prev = node
+        n = len(chunk_indexes)
+        self.pending_chunks -= n
+        self.stored += n
+        self.inserted += n
+        over = self.stored - self.capacity
         if over <= 0:
             return []
-        evicted = list(islice(chunks, over))  # the least recently used first
-        deque(map(chunks.pop, evicted), maxlen=0)
-        self.evictions += over
-        self._evicted.extend(evicted)
+        return self._evict(over)
+
+    def _evict(self, count: int) -> list[int]:
+        """Evict `count` chunks from the old end, a run's first chunks first."""
+        head = self._lru
+        self.evictions += count
+        self.stored -= count
+        evicted: list[int] = []
+        while count:
+            node = head.next
+            n = len(node.keys)
+            if n > count:  # its first `count` go; node keeps its place with the rest
+                node = _split(node, count, keep_bottom=True, link=False)
+                evicted.extend(node.keys)
+                self._drop(node)
+                break
+            nxt = node.next
+            head.next, nxt.prev = nxt, head
+            node.prev = node.next = None
+            evicted.extend(node.keys)
+            self._drop(node)
+            count -= n
         return evicted
 
-    def evicted_since(self, evictions: int) -> list[int] | None:
-        """The chunk names evicted after the tier's eviction count was `evictions` (None if
-        that is too long ago to tell)."""
-        return self._evicted.since(evictions)
+    def _drop(self, node: TierNode) -> None:
+        node.state = GONE
+        while not node.children and node.state == GONE and node.parent is not None:
+            parent = node.parent
+            del parent.children[node.keys[0]]
+            node.parent = None
+            node = parent
+
+    # -- views for tests and checks (walk everything) ------------------------------------
+    def lru_nodes(self):
+        head = self._lru
+        node = head.next
+        while node is not head:
+            yield node
+            node = node.next
+
+    def nodes(self):
+        stack = list(self.root.children.values())
+        while stack:
+            node = stack.pop()
+            yield node
+            stack.extend(node.children.values())
+
+    @property
+    def pending(self) -> set[int]:
+        return {k for node in self.nodes() if node.state == PENDING for k in node.keys}
 
     def check(self) -> None:
-        if len(self.chunks) > self.capacity:
+        in_lru, prev = set(), self._lru
+        for node in self.lru_nodes():
+            if node.prev is not prev or node in in_lru or node.state != STORED:
+                raise AssertionError(f"tier {self.name}: the LRU's links are broken at {node!r}")
+            in_lru.add(node)
+            prev = node
+        stored = pending = 0
+        for node in self.nodes():
+            if not node.keys or node.parent.children.get(node.keys[0]) is not node or (
+                    node.depth != node.parent.depth + len(node.parent.keys)):
+                raise AssertionError(f"tier {self.name}: run {node!r} out of place in the tree")
+            if node.state == STORED:
+                stored += len(node.keys)
+                if node not in in_lru:
+                    raise AssertionError(f"tier {self.name}: stored run {node!r} missing from the LRU")
+            elif node.state == PENDING:
+                pending += len(node.keys)
+            elif not node.children:
+                raise AssertionError(f"tier {self.name}: placeholder run {node!r} with nothing below it")
+        if stored != self.stored or len(in_lru) != sum(1 for n in self.nodes() if n.state == STORED):
+            raise AssertionError(f"tier {self.name}: {stored} chunks stored, the index counts {self.stored}")
+        if self.stored > self.capacity:
             raise AssertionError(f"tier {self.name} holds more chunks than fit")
-        if self.pending:
-            raise AssertionError(f"tier {self.name}: {len(self.pending)} saves never completed")
+        if pending != self.pending_chunks:
+            raise AssertionError(f"tier {self.name}: {pending} chunks pending, the index counts "
+                                 f"{self.pending_chunks}")
+        if pending:
+            raise AssertionError(f"tier {self.name}: {pending} saves never completed")
+
+
+def _ranges(sorted_indexes: list[int]):
+    """Consecutive runs [a, b) of sorted, distinct integers."""
+    a = prev = sorted_indexes[0]
+    for i in sorted_indexes[1:]:
+        if i != prev + 1:
+            yield a, prev + 1
+            a = i
+        prev = i
+    yield a, prev + 1
