@@ -1,12 +1,19 @@
 """How the cost of a replay grows with requests and instances: the Mooncake conversation
-trace tiled in time (0.25x-4x its requests) on 4-64 instances, one JSON line per point.
+trace tiled in time (0.25x-4x its requests) on 4-64 instances, as a table (or JSON lines).
 
     python benchmarks/scaling.py [--factors 0.25,0.5,1,2,4] [--instances 4,16,64]
+                                 [--base-requests N] [--json] [--set gpu=h100]...
 
 A factor f < 1 keeps the first f of the trace's requests; f > 1 plays f copies back to back
 in time, each copy with its own block ids (so copies do not hit each other's caches) and
-its own arrival times shifted by the trace's length. Instances are servers x 8 GPUs (4: one
-server of 4). Cost should grow linearly: look at cpu_ms_per_request along each row.
+its own arrival times shifted by the trace's length. --base-requests cuts the trace to its
+first N requests before tiling (the whole grid on the full trace takes an hour or more).
+The arrival rate scales with the instance count (workload.rate_scale = instances / 16), so
+every point has the load per instance of the 16-instance replay and differs only in size.
+Instances are servers x 8 GPUs (4: one server of 4). Each point runs in a fresh process,
+so peak_rss_mb is that point's own. Cost should grow linearly: cpu_ms_per_request should
+stay flat along each row (more requests) and down each column (more instances, same load
+per instance).
 """
 
 from __future__ import annotations
@@ -14,7 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,9 +37,9 @@ SCENARIO = ROOT / "scenarios" / "traces" / "mooncake-conversation-cxl.yaml"
 TRACE = ROOT.parent / "shared" / "data" / "mooncake" / "conversation_trace.jsonl"
 
 
-def tile(src: Path, factor: float, dst: Path) -> int:
-    """Write `factor` x the trace's requests to dst; returns the number written."""
-    lines = [json.loads(x) for x in src.read_text().splitlines() if x.strip()]
+def tile(src: Path, factor: float, dst: Path, base: int | None = None) -> int:
+    """Write `factor` x the trace's (first `base`) requests to dst; returns the number written."""
+    lines = [json.loads(x) for x in src.read_text().splitlines() if x.strip()][:base]
     if factor <= 1:
         keep = lines[: max(1, math.floor(len(lines) * factor))]
         dst.write_text("".join(json.dumps(d) + "\n" for d in keep))
@@ -56,29 +65,57 @@ def cluster_for(instances: int) -> list[str]:
     return [f"cluster.servers={instances // 8}", "cluster.gpus_per_server=8"]
 
 
+def point(args, path: Path, factor: float, n: int, inst: int) -> dict:
+    """One grid point (run in a child process: its peak RSS is its own)."""
+    sc, _ = resolve_scenario(SCENARIO, [f"workload.path={path}", f"workload.rate_scale={inst / 16}",
+                                        *cluster_for(inst), *args.set])
+    c0 = time.process_time()
+    run = simulate(sc, sc.system(args.system), Recorder())
+    cpu = time.process_time() - c0
+    return {
+        "factor": factor, "instances": inst, "requests": n, "cpu_s": round(cpu, 3),
+        "cpu_ms_per_request": round(cpu / n * 1e3, 3), "simulated_s": round(run.sim_s, 1),
+        "real_time_factor_cpu": round(run.sim_s / cpu, 1), "events": run.events, "steps": run.steps,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trace", default=str(TRACE))
     ap.add_argument("--factors", default="0.25,0.5,1,2,4")
     ap.add_argument("--instances", default="4,16,64")
+    ap.add_argument("--base-requests", type=int, default=None, help="cut the trace to its first N requests")
     ap.add_argument("--system", default="cxl-pool")
     ap.add_argument("--set", action="append", default=[], help="path=value overrides")
+    ap.add_argument("--json", action="store_true", help="one JSON line per point instead of a table")
     args = ap.parse_args()
+    factors = [float(x) for x in args.factors.split(",")]
+    instances = [int(x) for x in args.instances.split(",")]
+    rows = []
+    ctx = multiprocessing.get_context("fork")
     with tempfile.TemporaryDirectory() as tmp:
-        for factor in [float(x) for x in args.factors.split(",")]:
+        for factor in factors:
             path = Path(tmp) / f"trace-{factor}.jsonl"
-            n = tile(Path(args.trace), factor, path)
-            for inst in [int(x) for x in args.instances.split(",")]:
-                sc, _ = resolve_scenario(SCENARIO, [f"workload.path={path}", *cluster_for(inst), *args.set])
-                c0 = time.process_time()
-                run = simulate(sc, sc.system(args.system), Recorder())
-                cpu = time.process_time() - c0
-                print(json.dumps({
-                    "factor": factor, "instances": inst, "requests": n, "cpu_s": round(cpu, 3),
-                    "cpu_ms_per_request": round(cpu / n * 1e3, 3), "simulated_s": round(run.sim_s, 1),
-                    "real_time_factor_cpu": round(run.sim_s / cpu, 1), "events": run.events,
-                    "steps": run.steps, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                }), flush=True)
+            n = tile(Path(args.trace), factor, path, args.base_requests)
+            for inst in instances:
+                with ctx.Pool(1) as pool:
+                    row = pool.apply(point, (args, path, factor, n, inst))
+                rows.append(row)
+                if args.json:
+                    print(json.dumps(row), flush=True)
+                else:
+                    print(f"  {factor:g}x on {inst}: {row['cpu_s']:.1f} s CPU", file=sys.stderr, flush=True)
+    if args.json:
+        return
+    print("CPU ms per request (real-time factor by CPU; peak RSS MB)")
+    print(f"{'requests':>16} | " + " | ".join(f"{f'{i} instances':>24}" for i in instances))
+    for factor in factors:
+        line = [r for r in rows if r["factor"] == factor]
+        label = f"{factor:g}x ({line[0]['requests']})"
+        print(f"{label:>16} | " + " | ".join(
+            f"{r['cpu_ms_per_request']:>8.2f} ({r['real_time_factor_cpu']:>6.0f}x; {r['peak_rss_mb']:>4.0f})"
+            for r in line))
 
 
 if __name__ == "__main__":

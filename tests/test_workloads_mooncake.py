@@ -127,6 +127,29 @@ def test_keys_identical_across_phases(small):
         assert np.array_equal(x.block_keys, y.block_keys)
 
 
+def test_keys_built_as_read_match_the_whole_trace(tmp_path, monkeypatch):
+    """Requests are built a window at a time as they are read, in any order: each one's
+    keys and fields equal those of the whole trace computed at once."""
+    from belusim.workloads import builder
+
+    rng = np.random.default_rng(7)
+    rows = [{"timestamp": 10 * i, "input_length": int(rng.integers(1, 3000)), "output_length": 1 + i,
+             "hash_ids": []} for i in range(11)]
+    for d in rows:
+        d["hash_ids"] = [int(x) for x in rng.integers(0, 4, size=-(-d["input_length"] // 512))]
+    path = write_jsonl(tmp_path / "t.jsonl", rows)
+    monkeypatch.setattr(builder._MooncakeSpecs, "WINDOW", 3)
+    wl = _build(path)
+    keys, off = engine_block_keys(read_mooncake(path), 16)
+    order = list(range(11)) + [10, 0, 5, 4, 9]
+    for i in order:
+        r = wl.requests[i]
+        assert np.array_equal(r.block_keys, keys[off[i]:off[i + 1]])
+        assert (r.req_id, r.prompt_tokens, r.output_tokens, r.arrival_s) == (i, rows[i]["input_length"], 1 + i, i / 100)
+    assert [r.req_id for r in wl.requests] == list(range(11))
+    assert wl.arrival_times() == [i / 100 for i in range(11)]
+
+
 @pytest.mark.parametrize(
     "line, field, fragment",
     [

@@ -11,6 +11,7 @@ names of their own, listed in BELUSIM_KEYS.
 from __future__ import annotations
 
 import bisect
+from array import array
 import csv
 import math
 from pathlib import Path
@@ -97,7 +98,8 @@ class Recorder:
 
     def __init__(self, csv_path: Path | None = None):
         self.rows: list[tuple] = []
-        self.itl: dict[tuple[str, str], list[np.ndarray]] = {}
+        # every gap, per (system, phase), in one flat array (not an array per request)
+        self._itl: dict[tuple[str, str], array] = {}
         self._fh = None
         self._writer = None
         if csv_path is not None:
@@ -125,9 +127,17 @@ class Recorder:
         )
         self.rows.append(row)
         if itl is not None and status == "finished":
-            self.itl.setdefault((system, req.phase), []).append(itl)
+            gaps = self._itl.get((system, req.phase))
+            if gaps is None:
+                gaps = self._itl[(system, req.phase)] = array("d")
+            gaps.extend(itl.tolist())
         if self._writer is not None:
             self._writer.writerow(["" if isinstance(v, float) and math.isnan(v) else v for v in row])
+
+    @property
+    def itl(self) -> dict[tuple[str, str], list[np.ndarray]]:
+        """The inter-token gaps of finished requests per (system, phase), in record order."""
+        return {k: [np.array(v, dtype=np.float64)] for k, v in self._itl.items()}
 
     def close(self) -> None:
         if self._fh is not None:

@@ -438,7 +438,7 @@ def simulate(scenario: Scenario, system: SystemConfig, recorder: Recorder, progr
 def _overload(wl: Workload, phase_s: float) -> str | None:
     """An open-loop phase whose requests arrive faster than the cluster serves them: queues
     (and TTFT) grow with the length of the trace, so its means describe the trace, not the system."""
-    arrivals = [r.arrival_s for r in wl.requests if r.arrival_s is not None]
+    arrivals = wl.arrival_times()
     if wl.mode != "open" or len(arrivals) < 10:
         return None
     span = max(arrivals) - min(arrivals)

@@ -13,6 +13,8 @@ form. An arrival or a finished load cuts the stretch at the end of the step in p
 
 from __future__ import annotations
 
+from array import array
+
 import simpy
 
 from belusim.compute.roofline import ComputeModel
@@ -45,7 +47,7 @@ class Instance:
         self.step_events = 0
         self.pending_saves = 0
         self._prefilling: list[Request] = []  # the last step's requests without a first token
-        self.step_ends: list[float] = []  # when each engine step ended: the token times, for ITL
+        self.step_ends = array("d")  # when each engine step ended: the token times, for ITL
         # Copy kernels take SMs from compute: a step overlapping one runs slower by
         # kernel_slowdown x the overlap. Estimated when the copy is issued, at the kernel's
         # nominal rate, so that the step's length is known when it starts.
@@ -219,8 +221,7 @@ class Instance:
             yield env.timeout(max(0.0, elapsed(steps) - gone))
         self.steps += steps
         self.step_events += 1
-        ends = [start + elapsed(m) for m in range(1, steps)]
-        self.step_ends += ends
+        self.step_ends.extend([start + elapsed(m) for m in range(1, steps)])
         self.step_ends.append(env.now)
         return steps
 

@@ -42,8 +42,8 @@ from .lveval import (
     synthesize,
     synthetic_answer_tokens,
 )
-from .mooncake import engine_block_keys, read_mooncake
-from .spec import RequestSpec, Workload
+from .mooncake import MooncakeTrace, engine_block_keys, read_mooncake, trace_slice
+from .spec import RequestList, RequestSpec, Workload
 from .synthetic import prompts_block_keys, session_prompts, shared_prefix_prompts
 from .trace_format import read_trace
 
@@ -130,10 +130,14 @@ def _outputs(output, n: int, seed: int, recorded: np.ndarray | None, lveval_caps
     raise WorkloadError(f"unsupported output mode {output!r}")
 
 
-def _apply_arrivals(reqs: list[RequestSpec], arrival, seed: int, phase: str, recorded: np.ndarray | None, what: str) -> Workload:
+def _apply_arrivals(reqs: list[RequestSpec] | RequestList, arrival, seed: int, phase: str, recorded: np.ndarray | None,
+                    what: str) -> Workload:
     n = len(reqs)
+    lazy = isinstance(reqs, RequestList)
     if isinstance(arrival, ClosedArrival):
-        for r in reqs:
+        if lazy:
+            reqs.arrival_s = None
+        for r in [] if lazy else reqs:
             r.arrival_s = None
         return Workload(reqs, 0, mode="closed", clients=arrival.clients, think_time_s=arrival.think_time_s)
     rng = rng_for(seed, "arrivals", phase)
@@ -152,6 +156,9 @@ def _apply_arrivals(reqs: list[RequestSpec], arrival, seed: int, phase: str, rec
         t = recorded
     else:
         raise WorkloadError(f"unsupported arrival process {arrival!r}")
+    if lazy:
+        reqs.arrival_s = np.asarray(t, dtype=np.float64)
+        return Workload(reqs, 0, mode="open")
     for r, a in zip(reqs, t.tolist()):
         r.arrival_s = a
     return Workload(reqs, 0, mode="open")
@@ -206,16 +213,8 @@ def build_workload(cfg, *, block_size: int, seed: int, base_dir: Path | None = N
     elif isinstance(cfg, MooncakeConfig):
         path = resolve_path(cfg.path, base_dir)
         tr = read_mooncake(path, start_s=cfg.start_s, duration_s=cfg.duration_s, max_requests=cfg.max_requests)
-        keys, off = engine_block_keys(tr, block_size)
-        outs = _outputs(cfg.output, len(tr), seed, tr.output_length, None)
-        il = tr.input_length.tolist()
-        ol = np.asarray(outs).tolist()
-        idx = tr.index.tolist()
-        name = path.name
-        reqs = [
-            RequestSpec(i, il[i], ol[i], keys[off[i] : off[i + 1]], None, f"mooncake:{name}:{idx[i]}")
-            for i in range(len(tr))
-        ]
+        outs = np.asarray(_outputs(cfg.output, len(tr), seed, tr.output_length, None), dtype=np.int64)
+        reqs = RequestList(len(tr), _MooncakeSpecs(tr, outs, block_size))
         recorded = (tr.timestamp_ms / 1000.0 - cfg.start_s) / cfg.rate_scale
         wl = _apply_arrivals(reqs, cfg.arrival, seed, phase, recorded, "mooncake")
     elif isinstance(cfg, BelusimTraceConfig):
@@ -246,7 +245,34 @@ def build_workload(cfg, *, block_size: int, seed: int, base_dir: Path | None = N
     return wl
 
 
-def shared_prefix_requests(cfg: SharedPrefixConfig, block_size: int, seed: int) -> list[RequestSpec]:
+class _MooncakeSpecs:
+    """RequestSpecs of a Mooncake trace, their engine-block keys computed a window of
+    requests at a time as they are read (in order, each window once)."""
+
+    WINDOW = 256  # requests per key computation
+
+    def __init__(self, trace: MooncakeTrace, outputs: np.ndarray, block_size: int):
+        self.trace = trace
+        self.bs = block_size
+        self.il = trace.input_length
+        self.ol = outputs
+        self.name = trace.path.name
+        self._win = (0, 0)
+        self._keys = self._off = None
+
+    def __call__(self, i: int, arrival: float | None) -> RequestSpec:
+        w0, w1 = self._win
+        if not w0 <= i < w1:
+            w0, w1 = i, min(len(self.trace), i + self.WINDOW)
+            self._keys, self._off = engine_block_keys(trace_slice(self.trace, w0, w1), self.bs)
+            self._win = (w0, w1)
+        off = self._off
+        j = i - w0
+        return RequestSpec(i, int(self.il[i]), int(self.ol[i]), self._keys[off[j]:off[j + 1]], arrival,
+                           f"mooncake:{self.name}:{int(self.trace.index[i])}")
+
+
+def shared_prefix_requests(cfg: SharedPrefixConfig, block_size: int, seed: int) -> RequestList:
     """N x M prompts sent num_requests times in the configured order."""
     prompts = shared_prefix_prompts(
         name=cfg.name,
@@ -267,18 +293,17 @@ def shared_prefix_requests(cfg: SharedPrefixConfig, block_size: int, seed: int) 
         passes = -(-n // n_prompts)
         which = np.concatenate([rng.permutation(n_prompts) for _ in range(passes)])[:n]
     keys, off = prompts_block_keys(prompts, block_size, hash_str("belusim-ns", "shared-prefix", cfg.name))
-    outs = _outputs(cfg.output, n, seed, None, None)
+    outs = np.asarray(_outputs(cfg.output, n, seed, None, None), dtype=np.int64)
     total = cfg.system_prompt_tokens + cfg.question_tokens
     m = cfg.prompts_per_group
-    reqs = []
-    for i, (p, o) in enumerate(zip(which.tolist(), np.asarray(outs).tolist())):
-        reqs.append(
-            RequestSpec(
-                i, total, int(o), keys[off[p] : off[p + 1]], None, f"shared-prefix:{cfg.name}:{p // m}:{p % m}",
-                tags={"group": p // m, "prompt": p % m},
-            )
-        )
-    return reqs
+    name = cfg.name
+
+    def build(i: int, arrival: float | None) -> RequestSpec:
+        p = int(which[i])
+        return RequestSpec(i, total, int(outs[i]), keys[off[p] : off[p + 1]], arrival,
+                           f"shared-prefix:{name}:{p // m}:{p % m}", tags={"group": p // m, "prompt": p % m})
+
+    return RequestList(n, build)
 
 
 def multi_turn_workload(cfg: MultiTurnConfig, block_size: int, seed: int, phase: str) -> Workload:

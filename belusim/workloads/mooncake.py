@@ -150,6 +150,13 @@ def read_mooncake(
     )
 
 
+def trace_slice(trace: MooncakeTrace, i0: int, i1: int) -> MooncakeTrace:
+    """Requests [i0, i1) of a trace (views; keys per request do not depend on the others)."""
+    h0, h1 = int(trace.hash_offsets[i0]), int(trace.hash_offsets[i1])
+    return MooncakeTrace(trace.path, trace.index[i0:i1], trace.timestamp_ms[i0:i1], trace.input_length[i0:i1],
+                         trace.output_length[i0:i1], trace.hash_offsets[i0:i1 + 1] - h0, trace.hash_ids[h0:h1])
+
+
 def mooncake_namespace(path: Path) -> int:
     """Key namespace of one trace file: ids of different traces are unrelated numbers."""
     return hash_str("belusim-ns", "mooncake", Path(path).name)

@@ -9,6 +9,7 @@ key: it is never cached.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,11 +30,42 @@ class RequestSpec:
     tags: dict = field(default_factory=dict)
 
 
+class RequestList(Sequence):
+    """Requests built when they are read, from per-request arrays: a long trace keeps a few
+    numbers per request rather than a RequestSpec and its block keys (a million-request run
+    would hold gigabytes). Each read builds a fresh spec, so specs are read-only: arrival
+    times live in `arrival_s` (None: closed loop)."""
+
+    def __init__(self, n: int, build: Callable[[int, float | None], RequestSpec]):
+        self._n = n
+        self._build = build
+        self.arrival_s: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._n))]
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        t = self.arrival_s
+        return self._build(i, None if t is None else float(t[i]))
+
+    def __iter__(self):
+        build, t = self._build, self.arrival_s
+        if t is None:
+            return (build(i, None) for i in range(self._n))
+        return map(build, range(self._n), t.tolist())
+
+
 @dataclass(slots=True)
 class Workload:
     """The requests of one phase, in the order they are issued."""
 
-    requests: list[RequestSpec]
+    requests: Sequence[RequestSpec]  # a list, or a RequestList built as it is read
     block_size: int
     # "open": requests carry arrival_s; "closed": clients issue them back to back;
     # "sessions": requests tagged session/turn: a session starts at its first turn's
@@ -41,3 +73,10 @@ class Workload:
     mode: str = "open"
     clients: int = 0
     think_time_s: float = 0.0
+
+    def arrival_times(self) -> list[float]:
+        """Arrival times of the requests that have one, without building the requests."""
+        reqs = self.requests
+        if isinstance(reqs, RequestList):
+            return [] if reqs.arrival_s is None else reqs.arrival_s.tolist()
+        return [r.arrival_s for r in reqs if r.arrival_s is not None]
