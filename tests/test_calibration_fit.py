@@ -176,7 +176,8 @@ def test_fitted_keys_exist_in_the_config():
     cards = {"gpu": config.GPUCard, "hardware.host": config.HostCard, "hardware.cxl_rpc": config.RPCCard,
              "hardware.rdma_rpc": config.RPCCard, "hardware.cxl_adapter": config.CXLAdapterCard,
              "hardware.cxl_switch": config.CXLSwitchCard, "hardware.cxl_memory": config.CXLMemoryCard,
-             "hardware.root_complex": config.RootComplexCard, "attention": config.AttentionBackendCard}
+             "hardware.root_complex": config.RootComplexCard, "attention": config.AttentionBackendCard,
+             "interconnect": config.InterconnectCard}
     for key in [*fit.FITTED_KEYS, *fit.LEGACY_KEYS.values()]:
         parent, _, leaf = key.rpartition(".")
         assert leaf in cards[parent].model_fields, key

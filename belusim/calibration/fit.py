@@ -34,6 +34,8 @@ FITTED_KEYS: dict[str, str] = {
     "gpu.decode_efficiency_by_batch": "weight-streaming efficiency by tokens in the step",
     "gpu.request_overhead_us": "us, what each scheduled request adds to a step (LM head aside): sampling",
     "gpu.step_overhead_us": "us, fixed cost of one engine step",
+    "interconnect.bus_gbps": "GB/s, NCCL all-reduce bus bandwidth between the GPUs (large messages)",
+    "interconnect.ll_base_us": "us, fixed latency of the smallest all-reduce (NCCL's LL protocol)",
     "hardware.host.dram_gbps_per_socket": "GB/s, DRAM bandwidth of one socket",
     "hardware.host.dram_latency_ns": "ns, random load-to-use latency",
     "hardware.host.ntstore_16k_us": "us, 16 KB non-temporal store + sfence",
@@ -535,6 +537,62 @@ def fit_software(sw: dict) -> tuple[dict, list[str]]:
     return fitted, notes
 
 
+# NCCL's ring constants the interconnect cards share (NVIDIA/nccl src/graph/tuning.cc): the
+# LL protocol's per-step NVLink latency and its share of the bus bandwidth
+NCCL_LL_STEP_US = 0.47
+NCCL_LL_BW_FRACTION = 0.25
+NCCL_SIMPLE_BASE_US, NCCL_SIMPLE_STEP_US = 8.4, 3.4
+
+
+def all_reduce_model_s(nbytes: float, ranks: int, bus_gbps: float, ll_base_us: float,
+                       simple_base_us: float = NCCL_SIMPLE_BASE_US, simple_step_us: float = NCCL_SIMPLE_STEP_US) -> float:
+    """The interconnect card's formula (config.scenario.InterconnectCard.all_reduce_s)."""
+    steps = 2 * (ranks - 1)
+    wire = nbytes * steps / ranks
+    ll = (ll_base_us + steps * NCCL_LL_STEP_US) * 1e-6 + wire / (bus_gbps * NCCL_LL_BW_FRACTION * 1e9)
+    simple = (simple_base_us + steps * simple_step_us) * 1e-6 + wire / (bus_gbps * 1e9)
+    return min(ll, simple)
+
+
+def fit_all_reduce(ar: dict) -> tuple[dict, list[str]]:
+    """bus_gbps: nccl-tests' busBw at the largest size; ll_base_us: the smallest all-reduce's
+    time less the LL formula's other terms (NCCL's step latency and LL bandwidth share). Graph
+    replay times where the probe has them (decode steps run as CUDA graphs), else eager ones.
+    The layer sizes in between are not fitted: the detail shows the formula against them."""
+    rows = [r for r in ar.get("rows", []) if r.get("eager_us")]
+    if ar.get("error") or len(rows) < 2:
+        return {}, [f"all-reduce probe: {ar.get('error') or 'too few sizes'}; interconnect card kept"]
+    if not ar.get("sum_check", False):
+        return {}, ["all-reduce probe: the sums were wrong; interconnect card kept"]
+    n = int(ar.get("ranks", 2))
+    how = "graph_us" if all(r.get("graph_us") for r in rows) else "eager_us"
+    big, small = max(rows, key=lambda r: r["bytes"]), min(rows, key=lambda r: r["bytes"])
+    # the Simple protocol's latency (NCCL's constants, as the cards) taken off the largest
+    # message: at 1 GiB it is under 1% of the time
+    simple_lat = NCCL_SIMPLE_BASE_US + 2 * (n - 1) * NCCL_SIMPLE_STEP_US
+    bus = big["bytes"] * 2 * (n - 1) / n / ((big[how] - simple_lat) * 1e-6) / 1e9
+    wire = small["bytes"] * 2 * (n - 1) / n
+    base = small[how] - 2 * (n - 1) * NCCL_LL_STEP_US - wire / (bus * NCCL_LL_BW_FRACTION * 1e9) * 1e6
+    notes = []
+    if base < 0:
+        notes.append(f"all-reduce probe: the smallest all-reduce ({small[how]:.1f} us) is under NCCL's step "
+                     "latencies; ll_base_us set to 0")
+        base = 0.0
+    table = [{"bytes": r["bytes"], "measured_us": round(r[how], 2),
+              "model_us": round(1e6 * all_reduce_model_s(r["bytes"], n, bus, base), 2)} for r in rows]
+    timing = "replayed from a CUDA graph" if how == "graph_us" else "eager, CUDA events"
+    fitted = {
+        "interconnect.bus_gbps": entry(bus, f"measured: NCCL all-reduce of {big['bytes'] >> 20} MiB over {n} GPUs, "
+                                            f"{big[how]:.0f} us {timing}; bus bytes 2(n-1)/n x size over the time "
+                                            f"less NCCL's Simple-protocol latency ({simple_lat:.1f} us)", ranks=n),
+        "interconnect.ll_base_us": entry(base, f"measured: {small['bytes']} B all-reduce over {n} GPUs, "
+                                               f"{small[how]:.2f} us {timing}, less NCCL's {2 * (n - 1)} LL steps "
+                                               f"of {NCCL_LL_STEP_US} us and its wire time at a quarter of "
+                                               f"bus_gbps", model_vs_measured=table),
+    }
+    return fitted, notes
+
+
 def fit_all(measurements: dict, target_kind: str = "anon", model: ModelShape | None = None,
             peaks: dict | None = None) -> tuple[dict, list[str]]:
     fitted: dict[str, dict] = {}
@@ -545,6 +603,11 @@ def fit_all(measurements: dict, target_kind: str = "anon", model: ModelShape | N
         notes += n
     if measurements.get("gpu"):
         f, n = fit_gpu(measurements["gpu"], model, peaks)
+        fitted.update(f)
+        notes += n
+    ar = (measurements.get("gpu") or {}).get("all_reduce")
+    if ar:
+        f, n = fit_all_reduce(ar)
         fitted.update(f)
         notes += n
     if measurements.get("software"):

@@ -113,6 +113,14 @@ def run_probe(opts: ProbeOptions, reporter: Reporter | None = None) -> dict:
             else:
                 notes.append(f"no nominal peak known for {gres.device.get('name')!r}: pass --gpu-peak-tflops and "
                              "--gpu-hbm-gbps to fit the compute efficiencies")
+        from belusim.calibration.allreduce import gpu_count, probe_all_reduce
+
+        if gpu_count() >= 2 and "gpu" in meas:  # tensor-parallel ranks' link: time its all-reduces
+            rep.step("all-reduce between GPUs (NCCL)")
+            ar = probe_all_reduce(model.hidden, ranks=2, reps=10 if opts.quick else 50)
+            meas["gpu"]["all_reduce"] = ar
+            if ar.get("error"):
+                errors["all_reduce"] = ar["error"]
     else:
         notes.append("GPU probes skipped (--skip-gpu)")
 

@@ -57,7 +57,10 @@ COPY_CTAS = 8  # as the calibration probe measured the kernel
 class CudaBackend:
     name = "cuda"
 
-    def __init__(self, scenario: Scenario, system: SystemConfig, num_gpu_blocks: int, pool_spec: PoolSpec):
+    def __init__(self, scenario: Scenario, system: SystemConfig, num_gpu_blocks: int, pool_spec: PoolSpec,
+                 rank: int = 0, tp: int = 1, all_reduce=None, cuda_graphs: bool = True):
+        """rank/tp: this process's tensor-parallel shard (replay/tp.py starts one process per
+        rank); all_reduce(t) sums t in place over the ranks (NCCL), twice per layer."""
         try:
             import cupy as cp
             import torch
@@ -73,8 +76,10 @@ class CudaBackend:
         self.copy_method = kv.copy_method
         dev, dt = torch.device("cuda"), torch.bfloat16
         self.dev, self.dt = dev, dt
-        self.L, self.Hq, self.Hkv, self.D = m.layers, m.q_heads, m.kv_heads, m.head_dim
-        self.qd, self.kvd = m.q_heads * m.head_dim, m.kv_heads * m.head_dim
+        self.rank, self.tp = rank, tp
+        self._ar = all_reduce if tp > 1 else None
+        self.L, self.Hq, self.Hkv, self.D = m.layers, m.q_heads // tp, m.kv_heads_per_rank(tp), m.head_dim
+        self.qd, self.kvd = self.Hq * m.head_dim, self.Hkv * m.head_dim  # this rank's q and K/V widths
         g = torch.Generator(device=dev).manual_seed(scenario.run.seed)
 
         def w(rows, cols):
@@ -83,10 +88,15 @@ class CudaBackend:
             return t
 
         h = m.hidden
-        self.layers = [(w(h, self.qd + 2 * self.kvd), w(self.qd, h), w(h, 2 * m.ffn), w(m.ffn, h))
-                       for _ in range(m.layers)]
+        if tp == 1:
+            self.layers = [(w(h, self.qd + 2 * self.kvd), w(self.qd, h), w(h, 2 * m.ffn), w(m.ffn, h))
+                           for _ in range(m.layers)]
+            self.lm_head = w(h, m.vocab)
+        else:  # the same random model as at TP 1, each rank keeping its shard (tp_shard.py)
+            from belusim.replay.tp_shard import shard_weights
+
+            self.layers, self.lm_head = shard_weights(w, m, rank, tp)
         self.ln = torch.ones(h, device=dev, dtype=dt)
-        self.lm_head = w(h, m.vocab)
         self.x = w(eng.max_num_batched_tokens, h)  # the step's input activations (no embedding lookup)
         self.num_gpu_blocks = num_gpu_blocks
         # one block more than the engine's: the padding rows of a CUDA-graph decode step write
@@ -143,11 +153,19 @@ class CudaBackend:
             self.info["pool_setup_s"] = time.perf_counter() - t0
             self.pool_sums = cp.zeros(self.num_pool_chunks * self.chunk_blocks, dtype=cp.uint64)
         self._warm_up()
-        self._capture_decode_graphs(eng.max_num_seqs)
+        if cuda_graphs:
+            self._capture_decode_graphs(eng.max_num_seqs)
+        else:
+            self.info["decode_cuda_graphs"] = "off"
+        if tp > 1:
+            self.info["tensor_parallel"] = {"rank": rank, "tp": tp, "q_heads": self.Hq, "kv_heads": self.Hkv,
+                                            "ffn": self.layers[0][3].shape[0], "vocab": self.lm_head.shape[1],
+                                            "all_reduce": "NCCL via torch.distributed, 2 per layer"}
         torch.cuda.synchronize()
         if self.num_pool_chunks:
             self._clock()
-        self.description = (f"cuda: {self.info['gpu']}, random-weight {m.id} shape in bf16, "
+        shard = f" (TP rank {rank} of {tp})" if tp > 1 else ""
+        self.description = (f"cuda: {self.info['gpu']}, random-weight {m.id} shape in bf16{shard}, "
                             f"{self.info['attention']}; KV copies by {self.copy_method}")
 
     def _warm_up(self) -> None:
@@ -285,10 +303,16 @@ class CudaBackend:
             if decodes:
                 pd(q.index_select(0, drows).view(B, Hq, D), self.kv[li, 0], self.kv[li, 1], dbt, dlens, dout)
                 attn.index_copy_(0, drows, dout.view(B, qd))
-            x2 = x + attn @ wo
+            o = attn @ wo
+            if self._ar:
+                self._ar(o)
+            x2 = x + o
             h2 = F.rms_norm(x2, (x2.shape[-1],), self.ln, 1e-6)
             gate, up = (h2 @ wgu).chunk(2, dim=-1)
-            x = x2 + (F.silu(gate) * up) @ wd
+            d = (F.silu(gate) * up) @ wd
+            if self._ar:
+                self._ar(d)
+            x = x2 + d
         logits = x.index_select(0, last) @ self.lm_head
         logits.argmax(dim=-1)
         self.last_issue_s = time.perf_counter() - t_issue  # CPU time to issue the step's kernels
@@ -313,10 +337,16 @@ class CudaBackend:
             self.kv[li, 0].view(nb, Hkv, D).index_copy_(0, wslots, k.reshape(Bp, Hkv, D))
             self.kv[li, 1].view(nb, Hkv, D).index_copy_(0, wslots, v.reshape(Bp, Hkv, D))
             pd(q.view(Bp, Hq, D), self.kv[li, 0], self.kv[li, 1], bt, lens, attn)
-            x2 = x + attn.view(Bp, qd) @ wo
+            o = attn.view(Bp, qd) @ wo
+            if self._ar:
+                self._ar(o)
+            x2 = x + o
             h2 = F.rms_norm(x2, (x2.shape[-1],), self.ln, 1e-6)
             gate, up = (h2 @ wgu).chunk(2, dim=-1)
-            x = x2 + (F.silu(gate) * up) @ wd
+            d = (F.silu(gate) * up) @ wd
+            if self._ar:
+                self._ar(d)
+            x = x2 + d
         (x @ self.lm_head).argmax(dim=-1)
 
     def _capture_decode_graphs(self, max_num_seqs: int) -> None:

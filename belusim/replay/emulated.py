@@ -76,10 +76,12 @@ class EmulatedBackend:
     name = "emulated"
 
     def __init__(self, scenario: Scenario, system: SystemConfig, num_gpu_blocks: int, pool_spec: PoolSpec,
-                 block_repr_bytes: int = 4096):
+                 block_repr_bytes: int = 4096, rank: int = 0, tp: int = 1):
+        """rank/tp: one tensor-parallel rank's backend (replay/tp.py), holding its share of
+        each block; the compute model's step time is the TP instance's, all-reduces included."""
         self.compute_model = ComputeModel.build(scenario.model, scenario.gpu, scenario.cluster.tensor_parallel,
                                                 scenario.interconnect, scenario.attention)
-        block_bytes = int(scenario.model.kv_bytes_per_token * scenario.engine.block_size)
+        block_bytes = int(scenario.model.kv_bytes_per_token_per_rank(tp) * scenario.engine.block_size)
         self.rb = min(block_bytes, block_repr_bytes)
         self.bs = scenario.engine.block_size
         self.num_gpu_blocks = num_gpu_blocks
@@ -99,7 +101,7 @@ class EmulatedBackend:
             self.slots = self.pool.array.reshape(self.num_pool_chunks * self.chunk_blocks, self.rb)
             self.times.seconds("load", 1, self.chunk_blocks)  # build the transport model now
         self.sums: dict[int, int] = {}  # pool block row -> checksum written with it
-        self._rng = np.random.default_rng(0)
+        self._rng = np.random.default_rng(rank)
         self.description = (f"emulated: compute waits the compute model's step time; KV copies are real "
                             f"memcpy of {self.rb} bytes per block in host memory, timed by the transport model")
 

@@ -52,7 +52,13 @@ def compare(predicted: dict, measured: dict) -> list[dict]:
     return rows
 
 
-def make_backend(kind: str, scenario: Scenario, system, kv_blocks: int, pool_spec):
+def make_backend(kind: str, scenario: Scenario, system, kv_blocks: int, pool_spec, progress=None):
+    if kind not in ("cuda", "emulated"):
+        raise ValidationError(f"--backend {kind!r}: expected cuda or emulated")
+    if scenario.cluster.tensor_parallel > 1:  # one process per rank, the policy loop here
+        from belusim.replay.tp import TPBackend
+
+        return TPBackend(kind, scenario, system, kv_blocks, pool_spec, progress=progress)
     if kind == "emulated":
         from belusim.replay.emulated import EmulatedBackend
 
@@ -71,7 +77,7 @@ def validate(scenario: Scenario, system_name: str | None, backend_kind: str, poo
     system = scenario.system(system_name) if system_name else scenario.systems[0]
     kv_blocks = hbm_kv_blocks(scenario)
     t0 = time.perf_counter()
-    backend = make_backend(backend_kind, scenario, system, kv_blocks, pool_spec)
+    backend = make_backend(backend_kind, scenario, system, kv_blocks, pool_spec, progress)
     setup_s = time.perf_counter() - t0
     meas = Recorder()
 
