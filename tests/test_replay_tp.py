@@ -179,6 +179,10 @@ def test_cuda_tp2_replays_a_tiny_scenario():
 
 def _tp_forward(rank, tp, addr, q):
     """A prefill and a decode step of a small model on one rank; returns the K cache it wrote."""
+    import faulthandler
+    import sys
+
+    faulthandler.dump_traceback_later(120, exit=True, file=sys.stderr)  # a hung rank says where
     os.environ["CUDA_VISIBLE_DEVICES"] = str(rank)
     try:
         from belusim.policy.scheduler import StepPlan

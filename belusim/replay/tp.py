@@ -116,10 +116,9 @@ class _NcclComm:
         self.dist.all_reduce(t)
 
     def close(self) -> None:
-        try:
-            self.dist.destroy_process_group()
-        except Exception:
-            pass
+        # no destroy_process_group(): with the decode graphs holding captured NCCL calls it
+        # blocked for minutes on the H200 pair; the rank process exits right after this
+        pass
 
 
 class _NoComm:
