@@ -463,6 +463,10 @@ class KVSystemConfig(_Strict):
         "async", description="connector saves: async, or sync-step-end (the step waits for its saves)")
     hold_blocks_until_saved: bool = Field(
         False, description="a finished request keeps its HBM blocks until its saves land")
+    ordered_transfers: bool = Field(
+        False, description="each GPU moves its loads one after another in issue order, and its saves likewise "
+        "(one copy stream per direction, as vLLM's OffloadingConnector: vllm/v1/kv_offload/worker/cpu_gpu.py); "
+        "false: concurrent transfers share the links")
     layer_sync_us: float = Field(
         0.0, ge=0, description="layerwise loads: launch + wait cost per layer per step")
     save: bool = True

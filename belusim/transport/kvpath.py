@@ -51,6 +51,8 @@ class GPUPlace:
     connector_thread: simpy.Resource | None = None  # runs the stack's load/save stages
     kernel_link_store: Link | None = None
     kernel_link_load: Link | None = None
+    # ordered_transfers: one copy stream per direction (load, store), each a FIFO
+    streams: dict[str, simpy.Resource] = field(default_factory=dict)
     # An instance's place is its first GPU's; ranks lists all its GPUs (tensor parallelism).
     ranks: list[GPUPlace] = field(default_factory=list)
 
@@ -144,6 +146,8 @@ class KVPaths:
                 place.kernel_link_load = f.add_link(f"s{s}.gpu{g}.kernel.load", gpu.copy_kernel_gbps)
                 place.poller = simpy.Resource(env, capacity=1)
                 place.connector_thread = self.stages.new_thread()
+                if kv.ordered_transfers:
+                    place.streams = {d: simpy.Resource(env, capacity=1) for d in ("load", "store")}
                 self.places.append(place)
                 if g % tp == 0:
                     self.instance_places.append(place)
@@ -266,6 +270,15 @@ class KVPaths:
         yield self.env.all_of([self.env.process(self._move(r, share, nblocks, direction, keys)) for r in ranks])
 
     def _move(self, place: GPUPlace, nbytes: float, nblocks: int, direction: str, keys: list[int]):
+        stream = place.streams.get(direction)
+        if stream is None:
+            yield from self._move_now(place, nbytes, nblocks, direction, keys)
+            return
+        with stream.request() as turn:  # after the transfers issued before it on this GPU
+            yield turn
+            yield from self._move_now(place, nbytes, nblocks, direction, keys)
+
+    def _move_now(self, place: GPUPlace, nbytes: float, nblocks: int, direction: str, keys: list[int]):
         kind = self.kv.kind
         if kind == "local-dram":
             yield from self._gpu_host_copy(place, nbytes, nblocks, direction, pool_is_cxl=False)
