@@ -231,38 +231,50 @@ class Fabric:
                 inc = min(inc, link.capacity)
             f.rate = max(min(inc, f.cap), 0.0)
             return
-        unfrozen = set(active)
-        spare = {}
-        for f in self._active:
-            f.rate = 0.0
+        # Unfrozen flows all have the same rate (they rose together from 0): keep it once, in
+        # r, and the per-link counts of unfrozen flows up to date as flows freeze.
+        spare: dict[Link, float] = {}
+        counts: dict[Link, int] = {}
+        for f in active:
             for link in f.links:
                 spare[link] = link.capacity
+                counts[link] = counts.get(link, 0) + 1
+        unfrozen = active
+        r = 0.0
+        inf = math.inf
         while unfrozen:
             # the smallest fair increment any link or flow cap allows
-            counts: dict[Link, int] = {}
-            for f in unfrozen:
-                for link in f.links:
-                    counts[link] = counts.get(link, 0) + 1
-            inc = math.inf
+            inc = inf
             for link, n in counts.items():
-                inc = min(inc, spare[link] / n)
-            for f in unfrozen:
-                inc = min(inc, f.cap - f.rate)
-            inc = max(inc, 0.0)
-            for f in unfrozen:
-                f.rate += inc
+                v = spare[link] / n
+                if v < inc:
+                    inc = v
+            cap = min([f.cap for f in unfrozen])
+            inc = max(min(inc, cap - r), 0.0)
+            r += inc
+            saturated = set()
             for link, n in counts.items():
-                spare[link] -= inc * n
+                left = spare[link] = spare[link] - inc * n
+                if left <= link.capacity * 1e-12:
+                    saturated.add(link)
             # freeze flows on saturated links or at their caps
-            saturated = {link for link, n in counts.items() if spare[link] <= link.capacity * 1e-12}
-            frozen = [
-                f
-                for f in unfrozen
-                if (f.cap < math.inf and f.cap - f.rate <= f.cap * 1e-12) or any(link in saturated for link in f.links)
-            ]
-            if not frozen:  # numerical safety: cannot happen with exact arithmetic
+            keep = []
+            for f in unfrozen:
+                if (f.cap < inf and f.cap - r <= f.cap * 1e-12) or (saturated and not saturated.isdisjoint(f.links)):
+                    f.rate = r
+                    for link in f.links:
+                        n = counts[link] - 1
+                        if n:
+                            counts[link] = n
+                        else:
+                            del counts[link]
+                else:
+                    keep.append(f)
+            if len(keep) == len(unfrozen):  # numerical safety: cannot happen with exact arithmetic
                 break
-            unfrozen.difference_update(frozen)
+            unfrozen = keep
+        for f in unfrozen:
+            f.rate = r
 
     # -- accounting ----------------------------------------------------------------
     def conservation_problems(self) -> list[str]:
