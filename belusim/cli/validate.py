@@ -14,7 +14,7 @@ from rich.table import Table
 
 
 def validate_cmd(
-    scenario: str = typer.Argument(..., help="scenario file or packaged name (one instance: 1 server, 1 GPU)"),
+    scenario: str = typer.Argument(..., help="scenario file or packaged name (one instance: 1 server, cluster.tensor_parallel GPUs)"),
     system: Optional[str] = typer.Option(None, "--system", help="the scenario's system to replay (default: its first)"),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="calibration profile name or path"),
     backend: str = typer.Option("cuda", "--backend", help="cuda: real GPU work and copies; emulated: no GPU"),

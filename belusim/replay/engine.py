@@ -63,7 +63,8 @@ class ReplayInstance:
         kv, eng = system.kv, scenario.engine
         if scenario.cluster.instances != 1 or scenario.cluster.prefill_instances_per_server is not None:
             raise ReplayError(
-                "the replay runs one instance: set cluster.servers=1 and cluster.gpus_per_server=1 "
+                "the replay runs one instance: set cluster.servers=1 and cluster.gpus_per_server to "
+                "cluster.tensor_parallel "
                 f"(scenario {scenario.name!r} has {scenario.cluster.instances} instances)")
         self.sc, self.system, self.backend, self.on_finish = scenario, system, backend, on_finish
         self.bs = eng.block_size
