@@ -129,3 +129,27 @@ def test_packaged_profiles_resolve_and_load():
         path = prof_mod.resolve(name)
         prof_mod.load(path)
         assert config.load_profile_overrides(path)
+
+
+def test_add_copy_bench_records_the_measurement_and_refits(tmp_path):
+    """`calibrate add-copy-bench` keeps a bench_copies result under the profile's measurements
+    and fits the two shares from it; every other fitted value stays; a broken file exits 2."""
+    src = calibration_dir() / "h200-host.json"
+    bench = tmp_path / "bench.json"
+    rows = [{"step": s, "alone_ms": 10.0, "gather-kernel_copy_gbps_during_steps": g} for s, g in
+            (("decode8x4096", 36.0), ("prefill2048", 18.0))]
+    bench.write_text(json.dumps({"model": "m", "load_bytes": 1 << 29, "alone_gbps": 45.0, "overlap": rows}))
+    out = tmp_path / "p.json"
+    res = runner.invoke(calibrate_app, ["add-copy-bench", str(src), str(bench), "--command", "cmd", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    a, b = json.loads(src.read_text()), json.loads(out.read_text())
+    assert b["measurements"]["gpu"]["copy_beside_steps"]["command"] == "cmd"
+    assert b["fitted"]["gpu.copy_kernel_beside_decode"]["value"] == pytest.approx(0.8)
+    assert b["fitted"]["gpu.copy_kernel_beside_prefill"]["value"] == pytest.approx(0.4)
+    assert b["fitted"]["gpu.copy_kernel_beside_decode"]["source"].startswith("measured:")
+    rest = {k: v["value"] for k, v in b["fitted"].items() if "beside" not in k}
+    assert json.loads(json.dumps(rest)) == {k: v["value"] for k, v in a["fitted"].items()}
+    bench.write_text('{"overlap": []}')
+    res = runner.invoke(calibrate_app, ["add-copy-bench", str(src), str(bench), "--command", "c", "--out",
+                                        str(tmp_path / "q.json")])
+    assert res.exit_code == 2 and "alone_gbps" in res.output and "bench.json" in res.output

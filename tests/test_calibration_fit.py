@@ -240,3 +240,38 @@ def test_split_compute_fit_recovers_attention_linear_and_batch_efficiencies():
     assert v["gpu.request_overhead_us"] == pytest.approx(2.5, rel=1e-2)
     rows = out["attention.decode_efficiency"]["detail"]["decode"]
     assert all(abs(r["residual"]) < 1e-2 for r in rows if r["attention_used"])
+
+
+def _bench_copies(decode=35.0, prefill=20.0):
+    rows = [{"step": "decode8x4096", "alone_ms": 7.5, "gather-kernel_copy_gbps_during_steps": decode,
+             "gather-kernel_steps_overlapped": 10, "dma_copy_gbps_during_steps": 55.0},
+            {"step": "prefill2048", "alone_ms": 51.0, "gather-kernel_copy_gbps_during_steps": prefill,
+             "gather-kernel_steps_overlapped": 9},
+            {"step": "mixed", "alone_ms": 17.7, "gather-kernel_copy_gbps_during_steps": 42.0,
+             "gather-kernel_steps_overlapped": 5}]
+    return {"model": "llama-3.1-8b", "load_bytes": 1 << 29, "alone_gbps": 50.0, "overlap": rows}
+
+
+def test_copy_rate_beside_steps_is_fitted_as_shares_of_the_rate_alone():
+    rec = fit.copy_beside_steps_from_bench(_bench_copies(), "bench cmd")
+    fitted, notes = fit.fit_copy_beside_steps(rec)
+    assert fitted["gpu.copy_kernel_beside_decode"]["value"] == pytest.approx(0.7)
+    assert fitted["gpu.copy_kernel_beside_prefill"]["value"] == pytest.approx(0.4)
+    assert "bench cmd" in fitted["gpu.copy_kernel_beside_decode"]["source"] and not notes
+    # only through the profile's measurements, and both or neither
+    out, _ = fit.fit_all({"gpu": {"copy_beside_steps": rec}})
+    assert {"gpu.copy_kernel_beside_decode", "gpu.copy_kernel_beside_prefill"} <= set(out)
+    rec["rows"] = [r for r in rec["rows"] if r["kind"] != "prefill"]
+    fitted, notes = fit.fit_copy_beside_steps(rec)
+    assert not fitted and "not fitted" in notes[0]
+
+
+def test_a_broken_copy_bench_result_is_rejected_naming_the_field():
+    bad = _bench_copies()
+    del bad["alone_gbps"]
+    with pytest.raises(ValueError, match="alone_gbps"):
+        fit.copy_beside_steps_from_bench(bad, "x")
+    bad = _bench_copies()
+    bad["overlap"][0]["gather-kernel_copy_gbps_during_steps"] = None
+    with pytest.raises(ValueError, match=r"overlap\[0\]"):
+        fit.copy_beside_steps_from_bench(bad, "x")

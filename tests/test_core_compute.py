@@ -165,3 +165,14 @@ def test_attention_backend_comes_from_the_gpu_card_or_the_scenario(scenario_dict
     # a profile's legacy key lands on the backend
     sc, _ = resolve_scenario(scenario_dict(gpu="h100", calibration="h100-host"))
     assert sc.attention.prefill_efficiency == pytest.approx(0.3147)
+
+
+def test_compute_bound_tells_prefill_like_steps_from_decode_like_ones():
+    """The step kinds the copy kernel's measured rates belong to: a 2048-token prefill chunk is
+    FLOP-bound, decodes (and a 16-token chunk beside them) stream weights and KV."""
+    m = ComputeModel.build(load_card("llms", "llama-3.1-8b"), load_card("gpus", "h200"))
+    assert m.compute_bound(2048, 2048 * 1024, 0, 1)
+    assert not m.compute_bound(8, 0, 8 * 4096, 8)
+    assert not m.compute_bound(24, 16 * (4080 + 8), 8 * 4096, 9)
+    # a short chunk far into a long context: the attention FLOPs decide
+    assert m.compute_bound(256, 256 * (200_000 + 128), 0, 1)

@@ -298,3 +298,89 @@ def test_summary_metrics_by_hand():
     assert s["tier_hit_ratio"] == pytest.approx(96 / 300)
     empty = summarize(rec.rows, "sys", "nope")
     assert empty["requests"] == 0 and json_safe(empty)["mean_ttft_ms"] is None
+
+
+# --------------------------------------------------------------------------- copy rate beside compute
+
+
+def _load_beside_decode(copy_method: str, beside: tuple[float, float] | None, slowdown: float = 0.0):
+    """A request decodes (GPU busy with decode steps) while a 4K-token prefix saved in an
+    earlier phase is loaded back from host DRAM: (load seconds, kernel rate B/s, block bytes,
+    the load request's record, the cluster)."""
+    gpu = {"card": "h200", "copy_kernel_compute_slowdown": slowdown}
+    if beside is not None:
+        gpu.update(copy_kernel_beside_decode=beside[0], copy_kernel_beside_prefill=beside[1])
+    sc = resolve_scenario({
+        "name": "beside", "model": "llama-3.1-8b", "gpu": gpu,
+        "cluster": {"servers": 1, "gpus_per_server": 1},
+        "engine": {"kv_blocks": 4000, "max_num_batched_tokens": 2048},
+        "systems": [{"name": "s", "kv": {"kind": "local-dram", "capacity_gb": 20, "copy_method": copy_method}}],
+        "workload": {"kind": "lveval-synthetic", "num_prompts": 1},
+    })[0]
+    rec = Recorder()
+    cluster = Cluster(sc, sc.systems[0], rec)
+    prefix = np.arange(256, dtype=np.int64) + 5_000_000
+    cluster.run_phase("populate", Workload([RequestSpec(0, 4096, 2, prefix, arrival_s=0.0)], 16, "open"), 1e6)
+    cluster.drain()
+    cluster.clear_hbm()
+    decoder = RequestSpec(1, 64, 2000, np.arange(4, dtype=np.int64) + 9_000_000, arrival_s=0.0)
+    hit = RequestSpec(2, 4097, 2, prefix, arrival_s=0.5)
+    cluster.run_phase("hit", Workload([decoder, hit], 16, "open"), 1e6)
+    cluster.drain()
+    assert cluster.check()["requests_finished"] == 3
+    row = next(r for r in rec.rows if r[COL["phase"]] == "hit" and r[COL["req_id"]] == 2)
+    load_s = row[COL["kv_load_s"]]
+    return load_s, sc.gpu.copy_kernel_gbps * 1e9, cluster.paths.block_bytes, row, cluster
+
+
+def test_copy_kernel_loses_rate_beside_a_decode_step():
+    """A load issued while another request decodes runs at copy_kernel_beside_decode of the
+    kernel's rate for as long as the decode steps run; without the figure, at the full rate."""
+    full, rate, block, row, _ = _load_beside_decode("gather-kernel", None)
+    slow, _, _, row2, c = _load_beside_decode("gather-kernel", (0.5, 0.25))
+    assert row[COL["tier_hit_tokens"]] == row2[COL["tier_hit_tokens"]] == 4096
+    moved = 256 * block
+    assert full == pytest.approx(moved / rate, rel=0.02)  # the kernel binds: 45 GB/s < PCIe
+    # the decoder (2000 tokens at ~7 ms a step) keeps the GPU busy for the whole load
+    assert slow == pytest.approx(moved / (0.5 * rate), rel=0.02)
+    assert c.instances[0].steps > 100
+    for link in c.paths.fabric.links.values():  # the kernel's rate is back once the steps end
+        if ".kernel." in link.name:
+            assert link.capacity == pytest.approx(rate)
+
+
+def test_dma_copies_keep_their_rate_beside_compute():
+    """memcpy-per-fragment copies run on copy engines: the beside-compute shares do not touch them."""
+    base, _, _, row, _ = _load_beside_decode("memcpy-per-fragment", None)
+    with_shares, _, _, row2, _ = _load_beside_decode("memcpy-per-fragment", (0.5, 0.25))
+    assert row[COL["tier_hit_tokens"]] == 4096
+    assert with_shares == base
+    assert row2[COL["first_token_s"]] == row[COL["first_token_s"]]
+
+
+def test_copy_beside_shares_come_in_pairs():
+    with pytest.raises(ConfigError, match="both or neither"):
+        resolve_scenario({"name": "x", "model": "llama-3.1-8b",
+                          "gpu": {"card": "h200", "copy_kernel_beside_decode": 0.7},
+                          "systems": [{"name": "s", "kv": {"kind": "local-dram"}}],
+                          "workload": {"kind": "lveval-synthetic", "num_prompts": 1}})
+
+
+def test_coalesced_decode_is_exact_with_copy_rate_beside_compute():
+    """Loads and saves during decode stretches, with the kernel slowed beside compute: the
+    coalesced stretches give the step-by-step times."""
+    sc_kw = {"card": "h20", "copy_kernel_beside_decode": 0.6, "copy_kernel_beside_prefill": 0.3}
+    times = []
+    for coalesce in (1, 512):
+        sc = _scenario({"kind": "local-dram"}, 2000, 1, coalesce)
+        sc = sc.model_copy(update={"gpu": sc.gpu.model_copy(update=sc_kw)})
+        rec = Recorder()
+        cluster = Cluster(sc, sc.systems[0], rec)
+        cluster.run_phase("p0", _open_workload(), 1e6)
+        cluster.clear_hbm()  # the second phase loads its prefixes back from DRAM
+        cluster.run_phase("p1", _open_workload(), 1e6)
+        cluster.drain()
+        assert cluster.paths.stats.loads > 5
+        times.append({(r[COL["phase"]], r[COL["req_id"]]): r[COL["finish_s"]] for r in rec.rows})
+    for key, fin in times[0].items():
+        assert times[1][key] == pytest.approx(fin, rel=1e-9, abs=0), key

@@ -171,6 +171,36 @@ def refit_cmd(
         console.print(f"wrote {out}")
 
 
+@calibrate_app.command("add-copy-bench")
+def add_copy_bench_cmd(
+    name_or_path: str = typer.Argument(..., help="Profile name or path."),
+    bench: Path = typer.Argument(..., help="JSON written by `python -m belusim.replay.bench_copies --out`."),
+    command: str = typer.Option(..., "--command", help="The bench command that made it (kept as its source)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the profile."),
+) -> None:
+    """Add a measurement of the copy kernel's rate beside engine steps to a profile, and refit."""
+    from belusim.calibration.fit import copy_beside_steps_from_bench
+    from belusim.calibration.runner import refit
+
+    try:
+        prof = prof_mod.load(prof_mod.resolve(name_or_path))
+        check_output_file(out)
+        try:
+            data = json.loads(bench.read_text())
+            rec = copy_beside_steps_from_bench(data, command)
+        except (OSError, json.JSONDecodeError, ValueError, AttributeError, TypeError) as e:
+            raise CalibrationError(f"{bench}: {e}") from None
+        prof.setdefault("measurements", {}).setdefault("gpu", {})["copy_beside_steps"] = rec
+        prof = refit(prof)
+        prof_mod.save(prof, out)
+    except _config_error_types() as e:
+        _fail(str(e))
+        return
+    console = Console()
+    console.print(summary_table(prof, width=console.width))
+    console.print(f"wrote {out}")
+
+
 @calibrate_app.command("paper")
 def paper_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the paper-derived profile."),

@@ -27,6 +27,8 @@ FITTED_KEYS: dict[str, str] = {
     "gpu.copy_kernel_launch_us": "us, launch + completion sync of one gather/scatter kernel",
     "gpu.copy_kernel_gbps": "GB/s, the gather/scatter kernel's own top rate",
     "gpu.copy_kernel_compute_slowdown": "fraction, slowdown of compute while a copy kernel runs",
+    "gpu.copy_kernel_beside_decode": "fraction of its rate a load copy kernel keeps beside a decode-like step",
+    "gpu.copy_kernel_beside_prefill": "fraction of its rate a load copy kernel keeps beside a prefill-like step",
     "gpu.linear_efficiency": "fraction of dense bf16 peak reached by the linear layers",
     "attention.prefill_efficiency": "fraction of dense bf16 peak reached by prefill attention",
     "attention.decode_efficiency": "fraction of HBM bandwidth reached while decode attention reads the KV cache",
@@ -480,6 +482,9 @@ def fit_gpu(gpu: dict, model: ModelShape | None, peaks: dict | None) -> tuple[di
             notes.append(
                 f"gpu.copy_kernel_compute_slowdown not fitted: at full copy rate it ranges from {min(per):.2f} to "
                 f"{max(per):.2f} with the kernel's CTA count, too erratic for one value; measured {what}")
+    f, n = fit_copy_beside_steps(gpu.get("copy_beside_steps") or {})
+    fitted.update(f)
+    notes += n
     comp = gpu.get("compute") or {}
     split = model is not None and peaks and comp.get("prefill_attention_rows") and comp.get("decode_attention_rows")
     if split:
@@ -591,6 +596,59 @@ def fit_all_reduce(ar: dict) -> tuple[dict, list[str]]:
                                                f"bus_gbps", model_vs_measured=table),
     }
     return fitted, notes
+
+
+def copy_beside_steps_from_bench(bench: dict, command: str) -> dict:
+    """The measurement record of `python -m belusim.replay.bench_copies` (its JSON) kept in a
+    profile as measurements.gpu.copy_beside_steps: the gather kernel's rate moving back-to-back
+    loads alone and beside back-to-back engine steps of each kind (DMA copies beside them too)."""
+    kinds = {"decode": "decode", "prefill": "prefill", "mixed": "mixed"}
+    alone = bench.get("alone_gbps")
+    if not isinstance(alone, (int, float)) or alone <= 0:
+        raise ValueError("bench result: 'alone_gbps' must be a positive number")
+    rows = []
+    for i, r in enumerate(bench.get("overlap") or []):
+        step = str(r.get("step", ""))
+        kind = next((k for p, k in kinds.items() if step.startswith(p)), None)
+        gbps = r.get("gather-kernel_copy_gbps_during_steps")
+        if kind is None or not isinstance(gbps, (int, float)) or gbps <= 0:
+            raise ValueError(f"bench result: overlap[{i}] needs a step named decode*/prefill*/mixed* and a positive "
+                             f"'gather-kernel_copy_gbps_during_steps'")
+        rows.append({"step": step, "kind": kind, "step_alone_ms": r.get("alone_ms"),
+                     "copy_gbps": gbps, "steps_overlapped": r.get("gather-kernel_steps_overlapped"),
+                     "step_slowdown": r.get("gather-kernel_slowdown"),
+                     "dma_copy_gbps": r.get("dma_copy_gbps_during_steps"),
+                     "dma_steps_overlapped": r.get("dma_steps_overlapped")})
+    if not rows:
+        raise ValueError("bench result: no 'overlap' rows")
+    return {"command": command, "model": bench.get("model"), "load_bytes": bench.get("load_bytes"),
+            "alone_gbps": alone, "rows": rows}
+
+
+def fit_copy_beside_steps(rec: dict) -> tuple[dict, list[str]]:
+    """gpu.copy_kernel_beside_{decode,prefill}: the load kernel's rate beside back-to-back steps
+    of that kind over its rate alone, from the same measurement; both or neither."""
+    if not rec:
+        return {}, []
+    by = {r["kind"]: r for r in rec.get("rows", [])}
+    alone = rec.get("alone_gbps")
+    if not (alone and "decode" in by and "prefill" in by):
+        return {}, ["gpu.copy_kernel_beside_* not fitted: the copy-beside-steps record needs the rate alone and "
+                    "rows beside decode and prefill steps"]
+    mixed = by.get("mixed")
+    mixed_txt = (f"; beside eager mixed steps ({mixed['step']}, {mixed['step_alone_ms']:.3g} ms) "
+                 f"{mixed['copy_gbps']:.3g} GB/s, not fitted" if mixed and mixed.get("step_alone_ms") else "")
+    fitted = {}
+    for key, r in (("gpu.copy_kernel_beside_decode", by["decode"]), ("gpu.copy_kernel_beside_prefill", by["prefill"])):
+        fitted[key] = entry(
+            min(1.0, r["copy_gbps"] / alone),
+            f"measured: a component microbenchmark (not a replay): the gather kernel moving back-to-back "
+            f"{rec.get('load_bytes', 0) / 1e9:.2f} GB loads at {r['copy_gbps']:.3g} GB/s beside back-to-back {r['step']} engine steps "
+            f"({r['steps_overlapped']} overlapped), over {alone:.3g} GB/s alone ({rec.get('model')} shape; "
+            f"`{rec.get('command')}`){mixed_txt}",
+            copy_gbps=sig(r["copy_gbps"]), alone_gbps=sig(alone),
+            dma_copy_gbps=sig(r["dma_copy_gbps"]) if isinstance(r.get("dma_copy_gbps"), (int, float)) else None)
+    return fitted, []
 
 
 def fit_all(measurements: dict, target_kind: str = "anon", model: ModelShape | None = None,

@@ -121,6 +121,15 @@ class ComputeModel:
         kv_read = decode_context_tokens * self.kv_bytes_per_token / self.kv_rate
         return self.step_overhead_s + self._linear(tokens, seqs) + attention + kv_read + self.comm_time(tokens)
 
+    def compute_bound(self, tokens: int, prefill_attn_units: float, decode_context_tokens: int, seqs: int) -> bool:
+        """Whether the step spends longer on FLOPs (GEMMs at the FLOP rate, prefill attention)
+        than on streaming HBM (the weights, the decoding requests' KV): a prefill-like step,
+        not a decode-like one. Same terms as step_time."""
+        flops = (tokens * self.body_flops_per_token + seqs * self.head_flops_per_seq) / self.linear_rate \
+            + prefill_attn_units * self.attn_flops_coeff / self.attn_rate
+        streaming = self.weight_bytes / self.weight_rate(tokens) + decode_context_tokens * self.kv_bytes_per_token / self.kv_rate
+        return flops > streaming
+
     def decode_run(self, batch: int, context0: int):
         """Coefficients (a, b) of a pure-decode step: t_j = a + b x (context0 + j x batch),
         so m steps take m*a + b*(m*context0 + batch*m*(m-1)/2)."""

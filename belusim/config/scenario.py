@@ -133,6 +133,16 @@ class GPUCard(Card):
     copy_kernel_compute_slowdown: float = Field(
         0.0, ge=0, description="fractional slowdown of an engine step while a copy kernel runs"
     )
+    # The gather/scatter kernel runs on SMs, so it loses rate while the GPU computes beside it;
+    # DMA copies (copy engines) do not. None: no measurement, the kernel keeps its full rate.
+    copy_kernel_beside_decode: float | None = Field(
+        None, gt=0, le=1,
+        description="fraction of copy_kernel_gbps the copy kernel keeps while a memory-bound (decode) step runs",
+    )
+    copy_kernel_beside_prefill: float | None = Field(
+        None, gt=0, le=1,
+        description="fraction of copy_kernel_gbps the copy kernel keeps while a compute-bound (prefill) step runs",
+    )
     linear_efficiency: float = Field(gt=0, le=1, description="fraction of dense peak reached by GEMMs")
     decode_bandwidth_efficiency: float = Field(
         gt=0, le=1, description="fraction of HBM bandwidth while a step streams the weights"
@@ -158,6 +168,13 @@ class GPUCard(Card):
     interconnect: str = Field(
         "pcie-gen5", description="models/interconnects card that joins this GPU's tensor-parallel ranks by default"
     )
+
+    @model_validator(mode="after")
+    def _copy_beside_both_or_neither(self):
+        if (self.copy_kernel_beside_decode is None) != (self.copy_kernel_beside_prefill is None):
+            raise ValueError("copy_kernel_beside_decode and copy_kernel_beside_prefill are measured together: "
+                             "give both or neither")
+        return self
 
 
 class AttentionBackendCard(Card):

@@ -52,6 +52,15 @@ class Instance:
         # kernel_slowdown x the overlap. Estimated when the copy is issued, at the kernel's
         # nominal rate, so that the step's length is known when it starts.
         self._copy_busy_until = 0.0
+        # ... and a copy kernel loses rate beside compute: while a step runs, this GPU's load
+        # kernels keep a measured share of their rate, by the step's kind (decode-like or
+        # prefill-like). Off (None) without a measurement; DMA copies are not slowed.
+        gpu = paths.sc.gpu
+        self._copy_beside = None
+        if gpu.copy_kernel_beside_decode is not None and paths.kv.copy_method == "gather-kernel":
+            self._copy_beside = (gpu.copy_kernel_beside_decode, gpu.copy_kernel_beside_prefill)
+            self._kernel_links = [r.kernel_link_load for r in (place.ranks or [place])]
+            self._kernel_rate = gpu.copy_kernel_gbps * 1e9
         self.tier_peers: list[Instance] = []  # instances sharing this one's tier (set by the cluster)
         self._in_stretch = False
         self.process = env.process(self.run())
@@ -75,6 +84,12 @@ class Instance:
     def _with_interference(self, t: float) -> float:
         overlap = min(t, self._copy_busy_until - self.env.now)
         return t + self.kernel_slowdown * overlap if overlap > 0 else t
+
+    def _gpu_computes(self, compute_bound: bool | None) -> None:
+        """A step starts (compute_bound: its kind) or ends (None): set the load kernels' rate."""
+        share = 1.0 if compute_bound is None else self._copy_beside[compute_bound]
+        for link in self._kernel_links:
+            self.paths.fabric.set_capacity(link, self._kernel_rate * share)
 
     # -- the executor of policy.step.step_loop ---------------------------------------------
     def now(self) -> float:
@@ -140,10 +155,18 @@ class Instance:
         if rpc:
             yield env.timeout(rpc)
         stall = 0.0
+        kind = None
+        if self._copy_beside is not None:
+            kind = self.compute.compute_bound(plan.tokens, plan.prefill_units, plan.decode_context,
+                                              len(plan.scheduled))
         if plan.in_step_loads and plan.loads:
-            stall = yield from self._in_step_loads(plan.loads, compute)
+            stall = yield from self._in_step_loads(plan.loads, compute, kind)
         else:
+            if kind is not None:
+                self._gpu_computes(kind)
             yield env.timeout(compute)
+            if kind is not None:
+                self._gpu_computes(None)
         self.steps += 1
         self.step_events += 1
         self._account_step(plan, start, lookup_sw, rpc_only, compute, stall)
@@ -178,8 +201,9 @@ class Instance:
             req.ttft_mark = now
             self._prefilling.append(req)
 
-    def _in_step_loads(self, loads: list[Load], compute: float):
-        """Run the step's in-step loads and forward pass; returns the layer-wise stall."""
+    def _in_step_loads(self, loads: list[Load], compute: float, kind: bool | None = None):
+        """Run the step's in-step loads and forward pass; returns the layer-wise stall.
+        kind: the step's kind when copy kernels slow beside compute (else None)."""
         env, conn = self.env, self.connector
         if conn.load_mode == "sync":
             # start_load_kv(): one blocking retrieve per request, then the forward pass
@@ -187,12 +211,20 @@ class Instance:
                 load.request.load_start = env.now
                 yield from self.paths.load(self.place, load)
                 load.request.load_end = env.now
+            if kind is not None:
+                self._gpu_computes(kind)
             yield env.timeout(compute)
+            if kind is not None:
+                self._gpu_computes(None)
             return 0.0
         start = env.now
+        if kind is not None:  # layer-wise: the forward pass runs beside the loads
+            self._gpu_computes(kind)
         yield env.all_of([env.process(self._load_timed(load)) for load in loads])
         end = start + conn.layerwise_step_time(env.now - start, compute)
         yield env.timeout(end - env.now)
+        if kind is not None:
+            self._gpu_computes(None)
         return end - start - compute
 
     def _load_timed(self, load: Load):
@@ -210,6 +242,10 @@ class Instance:
         self._wake = wake = env.event()
         start = env.now
         self._in_stretch = True
+        kind = None
+        if self._copy_beside is not None:
+            kind = self.compute.compute_bound(batch, 0.0, c0, batch)
+            self._gpu_computes(kind)
         yield env.timeout(elapsed(k)) | wake
         self._in_stretch = False
         self._wake = None
@@ -219,6 +255,8 @@ class Instance:
             gone = env.now - start
             steps = _steps_covering(elapsed, gone, k)
             yield env.timeout(max(0.0, elapsed(steps) - gone))
+        if kind is not None:
+            self._gpu_computes(None)
         self.steps += steps
         self.step_events += 1
         self.step_ends.extend([start + elapsed(m) for m in range(1, steps)])

@@ -86,6 +86,20 @@ class Fabric:
     def link(self, name: str) -> Link:
         return self.links[name]
 
+    def set_capacity(self, link: Link, bytes_per_s: float) -> None:
+        """Change a link's capacity from now on (a copy kernel's rate while compute shares its
+        SMs, say): the flows on it move at their old rates up to now and are re-shared."""
+        if not bytes_per_s > 0:
+            raise ValueError(f"link {link.name!r} needs a positive capacity, got {bytes_per_s}")
+        if link.capacity == bytes_per_s:
+            return
+        if not link.flows:
+            link.capacity = bytes_per_s
+            return
+        self._advance()
+        link.capacity = bytes_per_s
+        self._reschedule()
+
     # -- flows ----------------------------------------------------------------------
     def flow(self, nbytes: float, links, cap_gbps: float = math.inf) -> simpy.Event:
         """Start moving nbytes over links; the returned event fires when the last byte lands."""
