@@ -289,3 +289,42 @@ def test_repredict_rewrites_the_prediction_and_keeps_the_measurements(tmp_path):
     err = next(e for e in hit["errors"] if e["key"] == "mean_ttft_ms")
     assert err["rel_error"] == pytest.approx(rel_err(hit["predicted"]["mean_ttft_ms"], hit["measured"]["mean_ttft_ms"]))
     assert (tmp_path / "llama-single.md").exists() and new["command"] == rep["command"]
+
+
+def test_cuda_piecewise_graph_steps_compute_what_eager_steps_compute():
+    """Mixed and prefill steps replayed as piecewise CUDA graphs (padded token counts, static
+    buffers, attention eager between pieces) write the same K/V into the cache and give the
+    same last hidden states as the same steps run eagerly, step after step."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    pytest.importorskip("cupy")
+    pytest.importorskip("triton")
+    from belusim.policy.scheduler import StepPlan
+    from belusim.replay.cuda import CudaBackend
+
+    sc = _scenario(model="llama-3.1-8b", engine={"kv_blocks": 64, "max_num_batched_tokens": 256,
+                                                  "max_num_seqs": 64})
+    sc.model.layers = 3
+    steps = [
+        [(list(range(0, 8)), 0, 70)],  # one prefill chunk (70 -> 72 tokens)
+        [(list(range(0, 8)), 70, 30), (list(range(8, 16)), 0, 45)],  # a chunk with context, a new one
+        [(list(range(0, 8)), 100, 1), (list(range(8, 16)), 45, 1), (list(range(16, 24)), 0, 21)],  # mixed
+        [(list(range(0, 8)), 101, 1), (list(range(8, 16)), 46, 20), (list(range(16, 24)), 21, 1)],  # same size
+    ]
+    out = {}
+    for graphs in (False, True):
+        be = CudaBackend(sc, sc.systems[0], 64, PoolSpec(), cuda_graphs=graphs)
+        be.kv.zero_()
+        got = []
+        for seqs in steps:
+            T = sum(n for _t, _c, n in seqs)
+            be.compute(seqs, StepPlan(scheduled=[(None, n) for _t, _c, n in seqs], tokens=T))
+            got.append((be.kv[:, :, :24].float().cpu(), be.last_hidden.float().cpu()))
+        out[graphs] = (got, dict(be.path_steps))
+        be.close()
+    assert out[True][1]["piecewise_graphs"] == len(steps) and out[False][1]["piecewise_graphs"] == 0
+    for (kv_e, h_e), (kv_g, h_g) in zip(out[False][0], out[True][0]):
+        assert h_e.abs().sum() > 0 and kv_e.abs().sum() > 0
+        assert float((kv_g - kv_e).norm() / kv_e.norm()) < 2e-2
+        assert float((h_g - h_e).norm() / h_e.norm()) < 2e-2

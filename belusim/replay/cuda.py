@@ -8,11 +8,13 @@ decode tokens by a paged split-K kernel (paged_attention.py) that reads each seq
 blocks in place through its block table; prefill chunks one sequence at a time by PyTorch's
 scaled_dot_product_attention over the context gathered from the paged cache (a copy vLLM's
 kernels do not make, small beside a chunk's GEMMs), with a lower-right causal mask.
-Decode-only steps run as CUDA graphs captured per padded batch size (vLLM's default sizes),
-mixed steps eagerly; a step's index arrays reach the GPU in one copy from pinned memory, so
-issuing a step never waits for the GPU, and a step waits for its own stream only, never for
-the transfers running beside it. No rotary embedding, no q/k norms, no sampling: output
-lengths come from the workload.
+Decode-only steps run as CUDA graphs captured per padded batch size (vLLM's default sizes);
+other steps of up to vLLM's largest capture size (512 tokens at most) as piecewise CUDA graphs
+per padded token count, everything but attention captured, attention eager between the pieces
+(vLLM V1's FULL_AND_PIECEWISE default); larger steps eagerly. A step's index arrays reach
+the GPU in one copy from pinned memory, so issuing a step never waits for the GPU, and a step
+waits for its own stream only, never for the transfers running beside it. No rotary
+embedding, no q/k norms, no sampling: output lengths come from the workload.
 
 KV cache: one bf16 tensor [layers, 2, blocks, block_size, kv_heads, head_dim], so a block is
 2 x layers fragments of block_size x kv_heads x head_dim, the card's layout.
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import math
 import time
+from unittest.mock import patch
 
 import numpy as np
 
@@ -124,9 +127,16 @@ class CudaBackend:
         except ImportError as e:
             raise RuntimeError(f"--backend cuda needs Triton for its paged decode attention ({e})") from None
         self._paged_decode = PagedDecode
+        from torch.nn.attention.bias import causal_lower_right
+
+        self._causal_lower_right = causal_lower_right
         self._ref_ev, self._ref_t = None, 0.0  # GPU time reference (see landed_at)
         self._pin = None  # pinned host staging buffer of the step's index arrays (see _stage)
         self._graphs, self._graph_sizes = {}, []  # decode-only steps (see _capture_decode_graphs)
+        self._pw_graphs, self._pw_sizes = {}, []  # other steps, in pieces (see _capture_piecewise_graphs)
+        self.piecewise = True  # use the piecewise graphs when captured (the benchmark turns it off)
+        self.path_steps = {"decode_graph": 0, "piecewise_graphs": 0, "eager": 0}
+        self.last_hidden = None
         self.info = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
                      "attention": "prefill: torch sdpa over K/V gathered from the paged cache; decode: "
                                   "paged split-K Triton kernel reading K/V blocks in place",
@@ -154,9 +164,14 @@ class CudaBackend:
             self.pool_sums = cp.zeros(self.num_pool_chunks * self.chunk_blocks, dtype=cp.uint64)
         self._warm_up()
         if cuda_graphs:
+            self._graph_pool = torch.cuda.graph_pool_handle()
             self._capture_decode_graphs(eng.max_num_seqs)
+            if tp == 1:
+                self._capture_piecewise_graphs(eng.max_num_seqs, eng.max_num_batched_tokens)
+            else:  # not yet run with the all-reduce inside the pieces
+                self.info["piecewise_cuda_graphs"] = "off at tensor parallel > 1"
         else:
-            self.info["decode_cuda_graphs"] = "off"
+            self.info["decode_cuda_graphs"] = self.info["piecewise_cuda_graphs"] = "off"
         if tp > 1:
             self.info["tensor_parallel"] = {"rank": rank, "tp": tp, "q_heads": self.Hq, "kv_heads": self.Hkv,
                                             "ffn": self.layers[0][3].shape[0], "vocab": self.lm_head.shape[1],
@@ -239,17 +254,20 @@ class CudaBackend:
         return [self._dev_idx[i:i + k] for i, k in out]
 
     def compute(self, seqs, plan) -> None:
-        torch, F = self.torch, self.torch.nn.functional
-        from torch.nn.attention.bias import causal_lower_right
-
+        """One engine step. Decode-only batches replay a full CUDA graph; other steps of at
+        most the largest piecewise capture size replay the captured pieces between eager
+        attention calls (see _capture_piecewise_graphs); larger ones run eagerly."""
         t_issue = time.perf_counter()
         if self._graphs and len(seqs) <= self._graph_sizes[-1] and all(n == 1 and c > 0 for _t, c, n in seqs):
             self._replay_decode(seqs)
+            self.path_steps["decode_graph"] += 1
             self.last_issue_s = time.perf_counter() - t_issue
-            torch.cuda.current_stream().synchronize()
+            self.torch.cuda.current_stream().synchronize()
             return
         T = plan.tokens
-        x = self.x[:T]
+        Tp = 0
+        if self.piecewise and self._pw_sizes and T <= self._pw_sizes[-1]:
+            Tp = next(s for s in self._pw_sizes if s >= T)
         write_slots, prefills, decodes = [], [], []
         off = 0
         for table, ctx, n in seqs:
@@ -262,6 +280,8 @@ class CudaBackend:
                 write_slots.append(slots[ctx:])
                 prefills.append((off, ctx, n, slots))
             off += n
+        if Tp > T:  # padding rows write their K/V into the padding block
+            write_slots.append(np.full(Tp - T, self.pad_block * self.bs, dtype=np.int64))
         arrays = [np.concatenate(write_slots), np.cumsum([n for _t, _c, n in seqs]) - 1]
         arrays += [s for _o, _c, _n, s in prefills]
         if decodes:
@@ -276,49 +296,161 @@ class CudaBackend:
         staged = self._stage(arrays)
         wslots, last = staged[0], staged[1]
         pre = [(o, c, n, s) for (o, c, n, _s), s in zip(prefills, staged[2:2 + len(prefills)])]
-        Hq, Hkv, D, qd, kvd = self.Hq, self.Hkv, self.D, self.qd, self.kvd
+        dec = None
         if decodes:
             dbt, dlens, drows = staged[-3].view(B, nbmax), staged[-2], staged[-1]
-            pd = self._paged_decode(B, Hq, Hkv, D, int(lens.max()), self.dev)
-            dout = torch.empty(B, Hq, D, device=self.dev, dtype=self.dt)
-        nb = (self.num_gpu_blocks + 1) * self.bs
-        attn = torch.empty(T, qd, device=self.dev, dtype=self.dt)
-        for li, (wqkv, wo, wgu, wd) in enumerate(self.layers):
-            h = F.rms_norm(x, (x.shape[-1],), self.ln, 1e-6)
-            q, k, v = (h @ wqkv).split([qd, kvd, kvd], dim=-1)
-            kc = self.kv[li, 0].view(nb, Hkv, D)
-            vc = self.kv[li, 1].view(nb, Hkv, D)
-            kc.index_copy_(0, wslots, k.reshape(T, Hkv, D))
-            vc.index_copy_(0, wslots, v.reshape(T, Hkv, D))
-            for o, c, n, s in pre:
-                S = c + n
-                kk = kc.index_select(0, s).transpose(0, 1).unsqueeze(0)
-                vv = vc.index_select(0, s).transpose(0, 1).unsqueeze(0)
-                qq = q[o:o + n].reshape(n, Hq, D).transpose(0, 1).unsqueeze(0)
-                if c == 0:
-                    a = F.scaled_dot_product_attention(qq, kk, vv, is_causal=True, enable_gqa=True)
-                else:
-                    a = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=causal_lower_right(n, S), enable_gqa=True)
-                attn[o:o + n] = a[0].transpose(0, 1).reshape(n, qd)
-            if decodes:
-                pd(q.index_select(0, drows).view(B, Hq, D), self.kv[li, 0], self.kv[li, 1], dbt, dlens, dout)
-                attn.index_copy_(0, drows, dout.view(B, qd))
-            o = attn @ wo
-            if self._ar:
-                self._ar(o)
-            x2 = x + o
-            h2 = F.rms_norm(x2, (x2.shape[-1],), self.ln, 1e-6)
-            gate, up = (h2 @ wgu).chunk(2, dim=-1)
-            d = (F.silu(gate) * up) @ wd
-            if self._ar:
-                self._ar(d)
-            x = x2 + d
-        logits = x.index_select(0, last) @ self.lm_head
+            pd = self._paged_decode(B, self.Hq, self.Hkv, self.D, int(lens.max()), self.dev)
+            dout = self.torch.empty(B, self.Hq, self.D, device=self.dev, dtype=self.dt)
+            dec = (pd, dbt, dlens, drows, dout, B)
+        if Tp:
+            x = self._compute_piecewise(T, Tp, wslots, pre, dec)
+            self.path_steps["piecewise_graphs"] += 1
+        else:
+            x = self._compute_eager(T, wslots, pre, dec)
+            self.path_steps["eager"] += 1
+        self.last_hidden = x.index_select(0, last)  # each sequence's last token, into the LM head
+        logits = self.last_hidden @ self.lm_head
         logits.argmax(dim=-1)
         self.last_issue_s = time.perf_counter() - t_issue  # CPU time to issue the step's kernels
         # the step's outputs are ready when its own stream is: transfers in flight on the copy
         # stream go on (a device-wide synchronize made every step wait for all of them)
-        torch.cuda.current_stream().synchronize()
+        self.torch.cuda.current_stream().synchronize()
+
+    def _attention(self, li, q, attn, pre, dec) -> None:
+        """Layer li's attention for a step's T rows (q: [T, qd]) into attn [T, qd], eager in
+        both paths, as vLLM keeps attention outside its piecewise graphs: each prefill chunk by
+        SDPA over its context gathered from the paged cache, the decode rows by the paged kernel."""
+        F, causal_lower_right = self.torch.nn.functional, self._causal_lower_right
+        Hq, Hkv, D, qd = self.Hq, self.Hkv, self.D, self.qd
+        nb = (self.num_gpu_blocks + 1) * self.bs
+        kc = self.kv[li, 0].view(nb, Hkv, D)
+        vc = self.kv[li, 1].view(nb, Hkv, D)
+        for o, c, n, s in pre:
+            S = c + n
+            kk = kc.index_select(0, s).transpose(0, 1).unsqueeze(0)
+            vv = vc.index_select(0, s).transpose(0, 1).unsqueeze(0)
+            qq = q[o:o + n].reshape(n, Hq, D).transpose(0, 1).unsqueeze(0)
+            if c == 0:
+                a = F.scaled_dot_product_attention(qq, kk, vv, is_causal=True, enable_gqa=True)
+            else:
+                a = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=causal_lower_right(n, S), enable_gqa=True)
+            attn[o:o + n] = a[0].transpose(0, 1).reshape(n, qd)
+        if dec is not None:
+            pd, dbt, dlens, drows, dout, B = dec
+            pd(q.index_select(0, drows).view(B, Hq, D), self.kv[li, 0], self.kv[li, 1], dbt, dlens, dout)
+            attn.index_copy_(0, drows, dout.view(B, qd))
+
+    def _pre_attention(self, li, x, qkv, wslots) -> None:
+        """RMSNorm, the QKV projection into qkv, and the new K/V written into the paged cache."""
+        F = self.torch.nn.functional
+        Hkv, D, qd, kvd = self.Hkv, self.D, self.qd, self.kvd
+        nb = (self.num_gpu_blocks + 1) * self.bs
+        T = x.shape[0]
+        h = F.rms_norm(x, (x.shape[-1],), self.ln, 1e-6)
+        self.torch.matmul(h, self.layers[li][0], out=qkv)
+        _q, k, v = qkv.split([qd, kvd, kvd], dim=-1)
+        self.kv[li, 0].view(nb, Hkv, D).index_copy_(0, wslots, k.reshape(T, Hkv, D))
+        self.kv[li, 1].view(nb, Hkv, D).index_copy_(0, wslots, v.reshape(T, Hkv, D))
+
+    def _post_attention(self, li, x, attn):
+        """O projection, residual, RMSNorm, gated MLP, residual: layer li's output."""
+        F = self.torch.nn.functional
+        _wqkv, wo, wgu, wd = self.layers[li]
+        o = attn @ wo
+        if self._ar:
+            self._ar(o)
+        x2 = x + o
+        h2 = F.rms_norm(x2, (x2.shape[-1],), self.ln, 1e-6)
+        gate, up = (h2 @ wgu).chunk(2, dim=-1)
+        d = (F.silu(gate) * up) @ wd
+        if self._ar:
+            self._ar(d)
+        return x2 + d
+
+    def _compute_eager(self, T, wslots, pre, dec):
+        torch = self.torch
+        x = self.x[:T]
+        qkv = torch.empty(T, self.qd + 2 * self.kvd, device=self.dev, dtype=self.dt)
+        attn = torch.empty(T, self.qd, device=self.dev, dtype=self.dt)
+        for li in range(self.L):
+            self._pre_attention(li, x, qkv, wslots)
+            self._attention(li, qkv[:, :self.qd], attn, pre, dec)
+            x = self._post_attention(li, x, attn)
+        return x
+
+    # -- mixed and prefill steps as piecewise CUDA graphs -----------------------------------
+    def _piece(self, i: int, Tp: int) -> None:
+        """Piece i of a step padded to Tp tokens, everything between two attention calls, as
+        vLLM splits its compiled model at attention: layer i-1 after its attention (i > 0),
+        then layer i up to its attention (i < L). Reads and writes only the static buffers."""
+        if i == 0:
+            x = self.x[:Tp]
+        else:
+            x = self._post_attention(i - 1, self._p_res[:Tp], self._p_attn[:Tp])
+        if i < self.L:
+            self._pre_attention(i, x, self._p_qkv[:Tp], self._p_wslots[:Tp])
+        self._p_res[:Tp].copy_(x)
+
+    def _compute_piecewise(self, T, Tp, wslots, pre, dec):
+        self._p_wslots[:Tp].copy_(wslots)
+        pieces = self._pw_graphs[Tp]
+        for li in range(self.L):
+            pieces[li].replay()
+            self._attention(li, self._p_qkv[:T, :self.qd], self._p_attn[:T], pre, dec)
+        pieces[self.L].replay()
+        return self._p_res[:T]
+
+    def _capture_piecewise_graphs(self, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+        """Capture every step of up to vLLM's largest piecewise capture size as L + 1 graphs
+        per padded token count, attention left eager between them (vLLM V1's default
+        FULL_AND_PIECEWISE mode: vllm/config/compilation.py cudagraph_mode, splitting_ops at the
+        attention ops; vllm/compilation/backends.py splits the graph there). Sizes as vLLM's
+        default (vllm/config/vllm.py VllmConfig._set_cudagraph_sizes): 1, 2, 4, multiples of 8
+        below 256, then multiples of 16, up to min(2 x max_num_seqs, 512) and at most
+        max_num_batched_tokens; a step's token count is padded up to the next size
+        (vllm/v1/cudagraph_dispatcher.py); larger steps run without graphs."""
+        torch = self.torch
+        top = min(2 * max_num_seqs, 512, max_num_batched_tokens, self.x.shape[0])
+        sizes = [s for s in (1, 2, 4) if s <= top] + list(range(8, min(top + 1, 256), 8))
+        sizes += list(range(256, top + 1, 16))
+        if max_num_batched_tokens <= top and max_num_batched_tokens not in sizes:
+            sizes.append(max_num_batched_tokens)
+        sizes = sorted(set(sizes))
+        if not sizes:
+            return
+        Tm = sizes[-1]
+        self._p_res = torch.zeros(Tm, self.m.hidden, device=self.dev, dtype=self.dt)
+        self._p_qkv = torch.zeros(Tm, self.qd + 2 * self.kvd, device=self.dev, dtype=self.dt)
+        self._p_attn = torch.zeros(Tm, self.qd, device=self.dev, dtype=self.dt)
+        self._p_wslots = torch.full((Tm,), self.pad_block * self.bs, dtype=torch.int64, device=self.dev)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for Tp in sizes:  # GEMM heuristics and kernels loaded outside capture
+                for i in range(self.L + 1):
+                    self._piece(i, Tp)
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        # each capture would run gc.collect() and empty the allocator's cache: thousands of
+        # small graphs then take minutes; vLLM's CUDAGraphWrapper (vllm/compilation/cuda_graph.py)
+        # skips both after the first capture the same way
+        with patch("gc.collect", lambda *a: 0), patch("torch.cuda.empty_cache", lambda: None):
+            for Tp in reversed(sizes):  # largest first; all share the decode graphs' memory pool
+                pieces = []
+                for i in range(self.L + 1):
+                    g = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(g, pool=self._graph_pool):
+                        self._piece(i, Tp)
+                    pieces.append(g)
+                self._pw_graphs[Tp] = pieces
+        for Tp in sizes:  # the first launch of a graph uploads it: not inside the replay
+            for g in self._pw_graphs[Tp]:
+                g.replay()
+        torch.cuda.synchronize()
+        self._pw_sizes = sizes
+        self.info["piecewise_cuda_graphs"] = {"token_counts": sizes, "graphs": len(sizes) * (self.L + 1),
+                                              "capture_s": round(time.perf_counter() - t0, 3)}
 
     # -- decode steps as CUDA graphs ----------------------------------------------------------
     def _decode_body(self, Bp: int) -> None:
@@ -363,7 +495,7 @@ class CudaBackend:
         self._g_lens = torch.ones(top, dtype=torch.int64, device=self.dev)
         self._g_bt = torch.full((top, nbmax), self.pad_block, dtype=torch.int64, device=self.dev)
         self._g_plans = {Bp: self._paged_decode(Bp, self.Hq, self.Hkv, self.D, cap_tokens, self.dev) for Bp in sizes}
-        pool = torch.cuda.graph_pool_handle()
+        pool = self._graph_pool
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
