@@ -79,13 +79,19 @@ def _split(node: Node, k: int, keep_bottom: bool, link: bool = True) -> Node:
 
 
 def _common(a: list, b, start: int, n: int) -> int:
-    """How many leading keys of a (at most n) equal b[start:]."""
-    if a[:n] == b[start:start + n]:
+    """How many leading keys of a run (at most n) equal b[start:], given a[0] == b[start].
+    A chain key names its whole prefix, so two paths agree up to a depth exactly when their
+    keys there are equal: one comparison for a run that matches, a bisection where it ends."""
+    if a[n - 1] == b[start + n - 1]:
         return n
-    i = 1  # the first keys are equal: that is how the node was found
-    while i < n and a[i] == b[start + i]:
-        i += 1
-    return i
+    lo, hi = 1, n  # a[lo - 1] matches, a[hi - 1] does not
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if a[mid - 1] == b[start + mid - 1]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 class BlockPool:

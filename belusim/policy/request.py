@@ -97,9 +97,9 @@ class Request:
         self.reject_reason = ""
         self.prefill_only = False  # disaggregated prefill: stop after the first token
         self.on_finish = None  # callback(request), set by the cluster
-        # last prefix probe (hbm blocks, tier blocks, evictions seen then): what a blocked
-        # head matched, for telling whether a tier change could let it in
-        self.probe = (0, 0, -1, -1)
+        # last prefix probe: hbm blocks, tier blocks matched, then the limit and the pool's
+        # (evictions, promotions) and the tier's (evictions, inserts) it was answered at
+        self.probe = (0, 0, -1, -1, -1, -1, -1)
         self.saves_in_flight = 0
         self.on_saved = None  # callback(request) when its last save lands (disaggregation)
         self.handed_off = False  # moved from a prefill instance to a decode instance
@@ -150,7 +150,7 @@ class Request:
         self.looked_up = False
         self.prefill_only = False
         self.handed_off = True
-        self.probe = (0, 0, -1, -1)
+        self.probe = (0, 0, -1, -1, -1, -1, -1)
 
     def __repr__(self) -> str:
         return (f"Request({self.req_id}, {self.state.value}, prompt={self.prompt_tokens}, "

@@ -227,16 +227,24 @@ class Scheduler:
         # At least one prompt token is always computed, so the last full block may not count.
         limit = min((req.known_tokens - 1) // bs, len(req.keys))
         tier = self.tier
-        # Both indexes are walked per run of blocks, so a probe costs the runs on the path.
-        tier_ev = tier.evictions if tier is not None else 0
-        hbm = pool.match_prefix(req.keys, limit)  # a walk over runs, not blocks
+        # Both indexes are walked per run of blocks; a re-probe skips the walk when nothing
+        # was cached or evicted since the last (acquires, releases and touches change no match).
+        probe = req.probe
+        pool_state = (limit, pool.evictions, pool.promotions)
+        hbm = probe[0] if probe[2:5] == pool_state else pool.match_prefix(req.keys, limit)
         tier_blocks = 0
+        tier_state = (-1, -1)
         if tier is not None:
             plan.lookups += 1
             plan.lookup_keys += max(1, limit // tier.chunk_blocks)
             plan.lookup_chunks.append(limit // tier.chunk_blocks)
-            tier_blocks = tier.match(req.keys, limit)
-        req.probe = (hbm, tier_blocks, pool.evictions, tier_ev)
+            tier_state = (tier.evictions, tier.inserted)
+            if probe[5:7] == tier_state and probe[2] == limit:
+                tier_blocks = probe[1]
+                tier.lookups += 1  # the same lookup, answered from the last one
+            else:
+                tier_blocks = tier.match(req.keys, limit)
+        req.probe = (hbm, tier_blocks, *pool_state, *tier_state)
         ext = max(0, tier_blocks - hbm)
         computed = (hbm + ext) * bs
         first = 0 if (ext and self.load_mode == "async") else min(req.known_tokens - computed, self.budget)
@@ -385,8 +393,7 @@ class Scheduler:
         req.saved_chunks = upto_chunk
         if not idx:
             return None
-        c = tier.chunk_blocks
-        keys = [req.keys[(i + 1) * c - 1] for i in idx]
+        keys = tier.chunk_names(req.keys, idx)
         tier.begin_save(req.keys, idx)
         req.saves_in_flight += 1
         return Save(req, idx, keys)

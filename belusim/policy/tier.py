@@ -71,13 +71,19 @@ def _split(node: TierNode, k: int, keep_bottom: bool, link: bool = True) -> Tier
 
 
 def _common(a: list, b, start: int, n: int) -> int:
-    """How many leading names of a (at most n) equal b[start:]; a[0] == b[start] already."""
-    if a[:n] == b[start:start + n]:
+    """How many leading keys of a run (at most n) equal b[start:], given a[0] == b[start].
+    A chain key names its whole prefix, so two paths agree up to a depth exactly when their
+    keys there are equal: one comparison for a run that matches, a bisection where it ends."""
+    if a[n - 1] == b[start + n - 1]:
         return n
-    i = 1
-    while i < n and a[i] == b[start + i]:
-        i += 1
-    return i
+    lo, hi = 1, n  # a[lo - 1] matches, a[hi - 1] does not
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if a[mid - 1] == b[start + mid - 1]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 class _ChunkView:
@@ -129,6 +135,13 @@ class TierIndex:
     def chunk_keys(self, block_keys: list[int], first_chunk: int, last_chunk: int) -> list[int]:
         c = self.chunk_blocks
         return list(block_keys[(first_chunk + 1) * c - 1:last_chunk * c:c])
+
+    def chunk_names(self, block_keys, chunk_indexes: list[int]) -> list[int]:
+        """The names of these chunks (sorted chunk indexes), sliced per run of indexes."""
+        c, out = self.chunk_blocks, []
+        for a, b in _ranges(chunk_indexes) if chunk_indexes else ():
+            out += block_keys[(a + 1) * c - 1:b * c:c]
+        return out
 
     def _walk(self, names, end: int):
         """Nodes along names[:end], all in the tree with a node boundary at `end`; yields them."""
@@ -360,7 +373,11 @@ class TierIndex:
 
 def _ranges(sorted_indexes: list[int]):
     """Consecutive runs [a, b) of sorted, distinct integers."""
-    a = prev = sorted_indexes[0]
+    a = sorted_indexes[0]
+    if sorted_indexes[-1] - a + 1 == len(sorted_indexes):  # the usual case: one run
+        yield a, a + len(sorted_indexes)
+        return
+    prev = a
     for i in sorted_indexes[1:]:
         if i != prev + 1:
             yield a, prev + 1
