@@ -328,3 +328,29 @@ def test_cuda_piecewise_graph_steps_compute_what_eager_steps_compute():
         assert h_e.abs().sum() > 0 and kv_e.abs().sum() > 0
         assert float((kv_g - kv_e).norm() / kv_e.norm()) < 2e-2
         assert float((h_g - h_e).norm() / h_e.norm()) < 2e-2
+
+
+def test_repredict_names_a_missing_profile_and_takes_one_given(tmp_path):
+    """A report made on another machine names its profile by that machine's path: repredict
+    says so instead of predicting with some other profile, and uses the one given."""
+    import os
+    import runpy
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    rep = json.loads((root / "reports" / "validation" / "llama-single.json").read_text())
+    rep["command"] = rep["command"].replace("reports/validation/h200-val.json", "/nonexistent/out/h200-val.json")
+    dst = tmp_path / "llama-single.json"
+    dst.write_text(json.dumps(rep))
+    mod = runpy.run_path(str(root / "scenarios" / "validation" / "repredict.py"))
+    cwd = Path.cwd()
+    try:
+        os.chdir(root)
+        with pytest.raises(SystemExit, match="/nonexistent/out/h200-val.json.*--calibration"):
+            mod["repredict"](dst)
+        mod["repredict"](dst, "reports/validation/h200-val.json")
+    finally:
+        os.chdir(cwd)
+    new = json.loads(dst.read_text())
+    assert new["prediction_recomputed"].startswith("python scenarios/validation/repredict.py --calibration reports/")
+    assert new["phases"][1]["predicted"]["mean_ttft_ms"] > 0
