@@ -67,19 +67,26 @@ def _rank(rank: int, n: int, addr: str, sizes: list[int], reps: int, rounds: int
             fill()
             for _ in range(3):
                 dist.all_reduce(x)
-            eager = []
-            for _ in range(rounds):
-                fill()
-                dist.barrier()
-                torch.cuda.synchronize()
-                e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                e0.record()
+            def per_call_s(run):
+                """Median over rounds of one call's seconds, k back-to-back calls timed by CUDA events."""
+                out = []
+                for _ in range(rounds):
+                    fill()
+                    dist.barrier()
+                    torch.cuda.synchronize()
+                    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    e0.record()
+                    run()
+                    e1.record()
+                    e1.synchronize()
+                    out.append(e0.elapsed_time(e1) * 1e-3 / k)
+                return median(out)
+
+            def eager_calls():
                 for _ in range(k):
                     dist.all_reduce(x)
-                e1.record()
-                e1.synchronize()
-                eager.append(e0.elapsed_time(e1) * 1e-3 / k)
-            row = {"bytes": nbytes, "eager_us": median(eager) * 1e6}
+
+            row = {"bytes": nbytes, "eager_us": per_call_s(eager_calls) * 1e6}
             if graph_error is None:
                 try:
                     g = torch.cuda.CUDAGraph()
@@ -89,18 +96,7 @@ def _rank(rank: int, n: int, addr: str, sizes: list[int], reps: int, rounds: int
                         for _ in range(k):
                             dist.all_reduce(x)
                     torch.cuda.synchronize()
-                    graph = []
-                    for _ in range(rounds):
-                        fill()
-                        dist.barrier()
-                        torch.cuda.synchronize()
-                        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                        e0.record()
-                        g.replay()
-                        e1.record()
-                        e1.synchronize()
-                        graph.append(e0.elapsed_time(e1) * 1e-3 / k)
-                    row["graph_us"] = median(graph) * 1e6
+                    row["graph_us"] = per_call_s(g.replay) * 1e6
                     del g
                 except Exception as e:  # capture unsupported here: eager only
                     graph_error = f"{type(e).__name__}: {e}"

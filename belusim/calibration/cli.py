@@ -15,6 +15,7 @@ from belusim.calibration import profile as prof_mod
 from belusim.calibration.errors import CalibrationError
 from belusim.calibration.fit import FITTED_KEYS
 from belusim.errors import InputError
+from belusim.inputs import read_json
 from belusim.outputs import check_output_file
 
 calibrate_app = typer.Typer(
@@ -185,10 +186,10 @@ def add_copy_bench_cmd(
     try:
         prof = prof_mod.load(prof_mod.resolve(name_or_path))
         check_output_file(out)
+        data = read_json(bench)  # InputError names the file, line and column
         try:
-            data = json.loads(bench.read_text())
             rec = copy_beside_steps_from_bench(data, command)
-        except (OSError, json.JSONDecodeError, ValueError, AttributeError, TypeError) as e:
+        except (ValueError, AttributeError, TypeError) as e:
             raise CalibrationError(f"{bench}: {e}") from None
         prof.setdefault("measurements", {}).setdefault("gpu", {})["copy_beside_steps"] = rec
         prof = refit(prof)

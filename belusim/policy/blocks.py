@@ -78,7 +78,7 @@ def _split(node: Node, k: int, keep_bottom: bool, link: bool = True) -> Node:
     return new
 
 
-def _common(a: list, b, start: int, n: int) -> int:
+def common_prefix_len(a: list, b, start: int, n: int) -> int:
     """How many leading keys of a run (at most n) equal b[start:], given a[0] == b[start].
     A chain key names its whole prefix, so two paths agree up to a depth exactly when their
     keys there are equal: one comparison for a run that matches, a bisection where it ends."""
@@ -133,7 +133,7 @@ class BlockPool:
             if child is None or not child.cached:
                 return d
             n = min(len(child.keys), limit - d)
-            m = _common(child.keys, keys, d, n)
+            m = common_prefix_len(child.keys, keys, d, n)
             d += m
             if m < len(child.keys):
                 return d
@@ -255,7 +255,7 @@ class BlockPool:
                 new.append((d, end))
                 break
             n = len(child.keys)
-            m = _common(child.keys, keys, d, min(n, end - d))
+            m = common_prefix_len(child.keys, keys, d, min(n, end - d))
             if m < n and (d + m < end or (not child.cached and d + m > first)):
                 _split(child, m, keep_bottom=False)  # the path leaves this run, or caches only its head
             if not child.cached and d + m > first:

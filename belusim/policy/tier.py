@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from itertools import chain
 
+from belusim.policy.blocks import common_prefix_len
+
 GONE, PENDING, STORED = 0, 1, 2
 
 
@@ -68,22 +70,6 @@ def _split(node: TierNode, k: int, keep_bottom: bool, link: bool = True) -> Tier
         bottom.prev, bottom.next = node, nxt
         node.next = nxt.prev = bottom
     return bottom
-
-
-def _common(a: list, b, start: int, n: int) -> int:
-    """How many leading keys of a run (at most n) equal b[start:], given a[0] == b[start].
-    A chain key names its whole prefix, so two paths agree up to a depth exactly when their
-    keys there are equal: one comparison for a run that matches, a bisection where it ends."""
-    if a[n - 1] == b[start + n - 1]:
-        return n
-    lo, hi = 1, n  # a[lo - 1] matches, a[hi - 1] does not
-    while hi - lo > 1:
-        mid = (lo + hi) >> 1
-        if a[mid - 1] == b[start + mid - 1]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
 
 
 class _ChunkView:
@@ -181,7 +167,7 @@ class TierIndex:
             if child is None or child.state != STORED:
                 break
             n = min(len(child.keys), limit - d)
-            m = _common(child.keys, names, d, n)
+            m = common_prefix_len(child.keys, names, d, n)
             d += m
             if m < len(child.keys):
                 break
@@ -224,7 +210,7 @@ class TierIndex:
             if child is None:
                 out.extend(range(max(d, from_chunk), end))
                 break
-            m = _common(child.keys, names, d, min(len(child.keys), end - d))
+            m = common_prefix_len(child.keys, names, d, min(len(child.keys), end - d))
             if child.state == GONE and d + m > from_chunk:
                 out.extend(range(max(d, from_chunk), d + m))
             if m < len(child.keys):  # the path leaves the tree inside this run
@@ -255,7 +241,7 @@ class TierIndex:
                 parent.children[names[d]] = TierNode(names[d:end], d, parent, PENDING)
                 return
             n = len(child.keys)
-            m = _common(child.keys, names, d, min(n, end - d))
+            m = common_prefix_len(child.keys, names, d, min(n, end - d))
             if m < n:
                 _split(child, m, keep_bottom=False)
             if d + m > first:

@@ -463,22 +463,13 @@ class CudaBackend:
         wslots, bt, lens = self._g_wslots[:Bp], self._g_bt[:Bp], self._g_lens[:Bp]
         pd = self._g_plans[Bp]
         attn = self.torch.empty(Bp, Hq, D, device=self.dev, dtype=self.dt)
-        for li, (wqkv, wo, wgu, wd) in enumerate(self.layers):
+        for li, (wqkv, *_rest) in enumerate(self.layers):
             h = F.rms_norm(x, (x.shape[-1],), self.ln, 1e-6)
             q, k, v = (h @ wqkv).split([qd, kvd, kvd], dim=-1)
             self.kv[li, 0].view(nb, Hkv, D).index_copy_(0, wslots, k.reshape(Bp, Hkv, D))
             self.kv[li, 1].view(nb, Hkv, D).index_copy_(0, wslots, v.reshape(Bp, Hkv, D))
             pd(q.view(Bp, Hq, D), self.kv[li, 0], self.kv[li, 1], bt, lens, attn)
-            o = attn.view(Bp, qd) @ wo
-            if self._ar:
-                self._ar(o)
-            x2 = x + o
-            h2 = F.rms_norm(x2, (x2.shape[-1],), self.ln, 1e-6)
-            gate, up = (h2 @ wgu).chunk(2, dim=-1)
-            d = (F.silu(gate) * up) @ wd
-            if self._ar:
-                self._ar(d)
-            x = x2 + d
+            x = self._post_attention(li, x, attn.view(Bp, qd))
         (x @ self.lm_head).argmax(dim=-1)
 
     def _capture_decode_graphs(self, max_num_seqs: int) -> None:
