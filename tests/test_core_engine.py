@@ -108,6 +108,12 @@ def test_coalesced_decode_is_exact_with_metadata_rpc_lookups():
     _assert_same_times({"kind": "cxl-pool"}, blocks=300, gpus=1)
 
 
+def test_coalesced_decode_is_exact_with_lookups_on_a_shared_pool():
+    # two instances share the pool: the other's saves must neither cut a stretch nor cost a
+    # re-lookup (an RPC) unless they could change a blocked request's answer
+    _assert_same_times({"kind": "cxl-pool"}, blocks=150, gpus=2, need_loads=True)
+
+
 # --------------------------------------------------------------------------- conservation
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from enum import Enum
-from itertools import islice
 
 
 # Where a request's time to first token goes; the parts add up to its TTFT.
@@ -62,7 +61,6 @@ class Request:
         "on_saved",
         "handed_off",
         "blocked_at",
-        "_names",
         "ttft_parts",
         "ttft_mark",
     )
@@ -103,24 +101,9 @@ class Request:
         self.saves_in_flight = 0
         self.on_saved = None  # callback(request) when its last save lands (disaggregation)
         self.handed_off = False  # moved from a prefill instance to a decode instance
-        self.blocked_at = None  # what the pool and tier looked like when admission last failed
+        self.blocked_at = None  # the HBM pool's state when admission last failed (see Scheduler._block)
         self.ttft_parts = [0.0] * len(TTFT_PARTS)  # filled by the executor, see TTFT_PARTS
         self.ttft_mark = arrival  # time up to which ttft_parts account for it
-        self._names: dict[tuple[int, int], set[int]] | None = None  # see matched_names
-
-    def matched_names(self, blocks: int, chunk_blocks: int) -> set[int]:
-        """The names of the first `blocks` blocks in chunks of `chunk_blocks` (a chunk is
-        named by its last block's key), kept while the probe matches that much."""
-        cache = self._names
-        if cache is None:
-            cache = self._names = {}
-        names = cache.get((blocks, chunk_blocks))
-        if names is None:
-            if len(cache) >= 4:
-                cache.clear()
-            c = chunk_blocks
-            names = cache[(blocks, chunk_blocks)] = set(islice(self.keys, c - 1, blocks, c))
-        return names
 
     @property
     def known_tokens(self) -> int:

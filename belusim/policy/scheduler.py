@@ -178,12 +178,12 @@ class Scheduler:
                 skipped.append(self.waiting.popleft())
                 continue
             if not req.looked_up:
-                if req.blocked_at is not None and self._still_blocked(req.blocked_at):
+                if req.blocked_at is not None and self._still_blocked(req):
                     break  # nothing that could let it in has changed since it last failed
                 if not self._lookup(req, plan):
-                    req.blocked_at = self._blocking_state()
+                    self._block(req)
                     break  # its hit and first chunk do not fit yet
-                req.blocked_at = None
+                self._unblock(req)
                 if req.state is State.LOADING:  # an async load started; others may still fit
                     skipped.append(self.waiting.popleft())
                     continue
@@ -275,18 +275,31 @@ class Scheduler:
                 self.loading += 1
         return True
 
-    def _blocking_state(self) -> tuple:
-        tier = self.tier
+    def _block(self, req: Request) -> None:
+        """Its admission failed. It is asked again only once something that could change
+        the answer happened: free blocks grew, this instance's prefix cache changed (a
+        promotion or an eviction), or the tier stored the chunk after its matched prefix or
+        evicted one of its matched chunks (the tier watches for those, see TierIndex.watch).
+        vLLM asks the connector again every step; an unchanged answer costs the model nothing."""
         pool = self.pool
-        return (pool.free, pool.evictions, pool.promotions,
-                tier.inserted if tier else 0, tier.evictions if tier else 0)
+        req.blocked_at = (pool.free, pool.evictions, pool.promotions)
+        if self.tier is not None:
+            self.tier.watch(req, req.probe[1] // self.tier.chunk_blocks)
 
-    def _still_blocked(self, then: tuple) -> bool:
-        """A failed admission fails again unless free blocks grew or the cached prefixes
-        changed (a promotion, an eviction, a tier insert or eviction). Fewer free blocks, or
-        blocks taken by others, cannot let it in."""
-        now = self._blocking_state()
-        return now[0] <= then[0] and now[1:] == then[1:]
+    def _unblock(self, req: Request) -> None:
+        if req.blocked_at is not None:
+            req.blocked_at = None
+            if self.tier is not None:
+                self.tier.unwatch(req)
+
+    def _still_blocked(self, req: Request) -> bool:
+        """Would its admission fail again? Yes unless free blocks grew, the HBM prefix cache
+        changed, or the tier woke it. Fewer free blocks, or blocks taken by others, cannot
+        let it in."""
+        pool, then = self.pool, req.blocked_at
+        if pool.free > then[0] or pool.evictions != then[1] or pool.promotions != then[2]:
+            return False
+        return self.tier is None or self.tier.watching(req)
 
     def blocked_head(self) -> Request | None:
         """The first waiting request that is not loading, if its admission failed."""
@@ -294,21 +307,6 @@ class Scheduler:
             if req.state is not State.LOADING:
                 return req if req.blocked_at is not None else None
         return None
-
-    def tier_change_unblocks(self, saved: list[int], evicted: list[int]) -> bool:
-        """Could this tier change alter the blocked head's lookup? Only if it stores the
-        next chunk of the head's matched prefix, or evicts one the head matched."""
-        head = self.blocked_head()
-        if head is None or self.tier is None:
-            return False
-        c = self.tier.chunk_blocks
-        matched = head.probe[1]
-        nxt = matched + c
-        if nxt <= len(head.keys) and head.keys[nxt - 1] in set(saved):
-            return True
-        if evicted and matched:
-            return not head.matched_names(matched, c).isdisjoint(evicted)
-        return False
 
     def _release_waiting(self, req: Request) -> None:
         self.pool.release(req.keys, req.runs, req.private_blocks)

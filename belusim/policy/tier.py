@@ -110,6 +110,10 @@ class TierIndex:
         self.inserted = 0
         self.lookups = 0
         self.hit_chunks = 0
+        # Blocked requests and the chunks of their last lookup's match: a store of the chunk
+        # after it or an eviction inside it wakes them (moves them to `woken`).
+        self._watchers: dict = {}
+        self.woken: list = []
 
     def names(self, block_keys, end_blocks: int | None = None):
         """The chunk names of a prompt's blocks (a chunk is named by its last block's key)."""
@@ -197,6 +201,41 @@ class TierIndex:
                 tail.next = head.prev = node
             d += len(node.keys)
 
+    # -- blocked requests ------------------------------------------------------------------
+    def watch(self, req, matched_chunks: int) -> None:
+        """`req` (with chain keys `req.keys`) could not be admitted with `matched_chunks` of
+        its prefix stored: watch for the changes that would alter that lookup's answer."""
+        self._watchers[req] = matched_chunks
+
+    def unwatch(self, req) -> None:
+        self._watchers.pop(req, None)
+
+    def watching(self, req) -> bool:
+        """Is `req` still watched, i.e. nothing changed its lookup since it blocked?"""
+        return req in self._watchers
+
+    def take_woken(self) -> list:
+        """The requests woken since the last call."""
+        woken, self.woken = self.woken, []
+        return woken
+
+    def _wake_stored(self, block_keys, ranges) -> None:
+        c = self.chunk_blocks
+        for req, m in list(self._watchers.items()):
+            i = (m + 1) * c - 1  # the name of the chunk after its match
+            if i < len(req.keys) and any(a <= m < b for a, b in ranges) and req.keys[i] == block_keys[i]:
+                del self._watchers[req]
+                self.woken.append(req)
+
+    def _wake_evicted(self, depth: int, name: int) -> None:
+        """A run starting at chunk `depth` with first chunk `name` was (partly) evicted: a
+        watcher matched into it exactly when its own chunk there has that name."""
+        c = self.chunk_blocks
+        for req, m in list(self._watchers.items()):
+            if depth < m and req.keys[(depth + 1) * c - 1] == name:
+                del self._watchers[req]
+                self.woken.append(req)
+
     def wanted(self, block_keys: list[int], upto_blocks: int, from_chunk: int) -> list[int]:
         """Chunk indexes in [from_chunk, upto_blocks // chunk) that are neither stored nor pending."""
         end = upto_blocks // self.chunk_blocks
@@ -259,7 +298,8 @@ class TierIndex:
             return []
         names = self.names(block_keys, (chunk_indexes[-1] + 1) * self.chunk_blocks)
         head = self._lru
-        for a, b in _ranges(chunk_indexes):
+        ranges = list(_ranges(chunk_indexes))
+        for a, b in ranges:
             for node in self._walk(names, b):
                 if node.depth >= a:
                     if node.state != PENDING:
@@ -268,6 +308,8 @@ class TierIndex:
                     tail = head.prev
                     node.prev, node.next = tail, head
                     tail.next = head.prev = node
+        if self._watchers:
+            self._wake_stored(block_keys, ranges)
         n = len(chunk_indexes)
         self.pending_chunks -= n
         self.stored += n
@@ -289,12 +331,16 @@ class TierIndex:
             if n > count:  # its first `count` go; node keeps its place with the rest
                 node = _split(node, count, keep_bottom=True, link=False)
                 evicted.extend(node.keys)
+                if self._watchers:
+                    self._wake_evicted(node.depth, node.keys[0])
                 self._drop(node)
                 break
             nxt = node.next
             head.next, nxt.prev = nxt, head
             node.prev = node.next = None
             evicted.extend(node.keys)
+            if self._watchers:
+                self._wake_evicted(node.depth, node.keys[0])
             self._drop(node)
             count -= n
         return evicted
@@ -355,6 +401,8 @@ class TierIndex:
                                  f"{self.pending_chunks}")
         if pending:
             raise AssertionError(f"tier {self.name}: {pending} saves never completed")
+        if self._watchers:
+            raise AssertionError(f"tier {self.name}: {len(self._watchers)} blocked requests still watched")
 
 
 def _ranges(sorted_indexes: list[int]):

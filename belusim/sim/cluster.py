@@ -132,7 +132,7 @@ class Cluster:
             )
         for inst in self.instances:
             if inst.sched.tier is not None:
-                inst.tier_peers = [o for o in self.instances if o.sched.tier is inst.sched.tier]
+                inst.tier_peers = {o.index: o for o in self.instances if o.sched.tier is inst.sched.tier}
         # New requests go to instances that prefill; disaggregated decodes have routers of
         # their own, one per group of instances sharing a tier (a pool: all of them).
         self.entry = [inst for inst in self.instances if inst.role != "decode"]

@@ -61,7 +61,7 @@ class Instance:
             self._copy_beside = (gpu.copy_kernel_beside_decode, gpu.copy_kernel_beside_prefill)
             self._kernel_links = [r.kernel_link_load for r in (place.ranks or [place])]
             self._kernel_rate = gpu.copy_kernel_gbps * 1e9
-        self.tier_peers: list[Instance] = []  # instances sharing this one's tier (set by the cluster)
+        self.tier_peers: dict[int, Instance] = {}  # instances sharing this one's tier, by index (set by the cluster)
         self._in_stretch = False
         self.process = env.process(self.run())
 
@@ -275,17 +275,23 @@ class Instance:
     def _save(self, save: Save):
         yield from self.paths.save(self.place, save)
         self.pending_saves -= 1
+        save_landed(self.sched, save, _ignore, self.notify, self._wake_blocked)
 
-        def wake_peers(evicted):
-            for peer in self.tier_peers:
-                if peer._in_stretch and peer.sched.tier_change_unblocks(save.keys, evicted):
-                    peer.notify()
-
-        save_landed(self.sched, save, wake_peers, self.notify)
+    def _wake_blocked(self, woken: list[Request]) -> None:
+        """The tier changed the lookup of these blocked requests: an instance decoding a
+        stretch with one of them at its head ends the stretch after its current step."""
+        for req in woken:
+            peer = self.tier_peers.get(req.instance)
+            if peer is not None and peer._in_stretch and peer.sched.blocked_head() is req:
+                peer.notify()
 
 
 (_QUEUE, _COMPUTE, _WIRE, _SOFTWARE, _THREAD, _LOOKUP, _RPC, _SAVE, _OTHERS) = range(len(TTFT_PARTS))
 assert TTFT_PARTS[_OTHERS] == "others_loads" and TTFT_PARTS[_WIRE] == "kv_load_wire"
+
+
+def _ignore(_evicted) -> None:
+    pass
 
 
 def _charge_load(parts: list[float], load: Load, seconds: float) -> None:
