@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from belusim.cli.main import app
 from belusim.config.scenario import resolve_scenario
 from belusim.policy.request import Request, State
-from belusim.report.metrics import Recorder, itl_samples, parse_goodput, summarize
+from belusim.report.metrics import RECORD_FIELDS, Recorder, Records, itl_samples, parse_goodput, summarize
 from belusim.report.schema import RunOutput, Summary
 from belusim.sim.runner import run_scenario
 
@@ -58,6 +58,38 @@ def test_itl_and_goodput_in_summary():
     s = summarize(rec.rows, "s", "p", None, {"ttft": 500, "tpot": 150})  # TPOTs 333 ms and 200 ms
     assert s["request_goodput"] == 0.0
     assert summarize(rec.rows, "s", "p", None, {"e2el": 2000})["request_goodput"] == pytest.approx(1.0)
+
+
+def test_records_give_back_the_tuples_recorded():
+    """Records keep columns, yet a row reads back as the very tuple recorded, types included
+    (an int time at t=0, a None, a numpy int), and a column as numbers as numpy would read it."""
+    n = len(RECORD_FIELDS)
+    base = ["s", "p", 7, 0, "finished", "", 100, 4, 16, 32, 0] + [0.25] * (n - 11)
+    odd = list(base)
+    odd[RECORD_FIELDS.index("arrival_s")] = 0  # SimPy's clock starts at int 0
+    odd[RECORD_FIELDS.index("load_start_s")] = None
+    odd[RECORD_FIELDS.index("req_id")] = np.int64(9)
+    odd[RECORD_FIELDS.index("instance")] = 1 << 70  # does not fit an int64
+    odd[RECORD_FIELDS.index("status")] = "rejected"
+    odd[RECORD_FIELDS.index("reason")] = "too long"
+    rows = [tuple(base), tuple(odd), tuple(base[:2] + ["x"] + base[3:])]
+    rec = Records(rows[:2])
+    with pytest.raises(ValueError, match="fields"):
+        rec.append(rows[0][:-1])
+    assert len(rec) == 2 and list(rec) == rows[:2] and rec[-1] == rows[1] and rec[0:2] == rows[:2]
+    assert [repr(r) for r in rec] == [repr(r) for r in rows[:2]]
+    assert rec.values("instance") == [0, 1 << 70] and rec.values("reason") == ["", "too long"]
+    for name in ("arrival_s", "load_start_s", "req_id", "tier_hit_tokens"):
+        np.testing.assert_array_equal(rec.numbers(name), np.array([r[RECORD_FIELDS.index(name)] for r in rows[:2]],
+                                                                 dtype=float))
+    assert rec.equals("status", "rejected").tolist() == [False, True]
+    assert not rec.equals("phase", "nope").any()
+    with pytest.raises(IndexError):
+        rec[2]
+    bad = Records(rows)  # a req_id that is no number reads back as it was
+    assert bad[2] == rows[2]
+    with pytest.raises(ValueError):
+        bad.numbers("req_id")
 
 
 def test_parse_goodput():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 from array import array
+from collections.abc import Iterable, Sequence
 import csv
 import math
 from pathlib import Path
@@ -92,12 +93,132 @@ def itl_samples(step_ends: list[float], req: Request) -> np.ndarray | None:
     return np.diff(np.array([req.first_token, *ends]))
 
 
+# How each record column is kept (see Records): text as codes into a table of its values,
+# counts as int64, times and durations as float64.
+_TEXT_FIELDS = ("system", "phase", "status", "reason")
+_INT_FIELDS = ("req_id", "instance", "prompt_tokens", "output_tokens", "hbm_hit_tokens", "tier_hit_tokens",
+               "preemptions")
+
+
+class Records(Sequence):
+    """Request records kept by column, in record order: a row costs about 230 bytes (one
+    machine word per field) where a tuple of Python floats cost about 800, which is most of
+    what a million-request run keeps. Reading a row gives back exactly the tuple recorded:
+    a value of another type than its column's (an int time, a None) is kept aside as it was."""
+
+    def __init__(self, rows: Iterable[tuple] = ()):
+        self._n = 0
+        self._cols: list[array] = []
+        self._text: dict[int, tuple[list, dict]] = {}  # column -> (values, value -> code)
+        for c, name in enumerate(RECORD_FIELDS):
+            if name in _TEXT_FIELDS:
+                self._cols.append(array("I"))
+                self._text[c] = ([], {})
+            else:
+                self._cols.append(array("q" if name in _INT_FIELDS else "d"))
+        self._float_cols = [c for c, a in enumerate(self._cols) if a.typecode == "d"]
+        self._int_cols = [c for c, a in enumerate(self._cols) if a.typecode == "q"]
+        self._odd: dict[int, dict[int, object]] = {}  # column -> row -> the value as recorded
+        self._inexact: set[int] = set()  # columns holding a value their array cannot stand for
+        for row in rows:
+            self.append(row)
+
+    def append(self, row: tuple) -> None:
+        if len(row) != len(RECORD_FIELDS):
+            raise ValueError(f"a record has {len(RECORD_FIELDS)} fields, got {len(row)}")
+        i, cols = self._n, self._cols
+        for c in self._float_cols:
+            v = row[c]
+            if type(v) is float:
+                cols[c].append(v)
+            else:
+                self._odd.setdefault(c, {})[i] = v
+                try:
+                    cols[c].append(math.nan if v is None else float(v))
+                except (TypeError, ValueError):
+                    cols[c].append(math.nan)
+                    self._inexact.add(c)
+        for c in self._int_cols:
+            v = row[c]
+            if type(v) is int and -(1 << 63) <= v < (1 << 63):
+                cols[c].append(v)
+            else:
+                self._odd.setdefault(c, {})[i] = v
+                try:
+                    exact = int(v) == v and -(1 << 63) <= int(v) < (1 << 63)
+                except (TypeError, ValueError, OverflowError):
+                    exact = False
+                cols[c].append(int(v) if exact else 0)
+                if not exact:
+                    self._inexact.add(c)
+        for c, (values, codes) in self._text.items():
+            v = row[c]
+            code = codes.get(v)
+            if code is None:
+                code = codes[v] = len(values)
+                values.append(v)
+            cols[c].append(code)
+        self._n = i + 1
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _row(self, i: int) -> tuple:
+        row = [a[i] for a in self._cols]
+        for c, (values, _) in self._text.items():
+            row[c] = values[row[c]]
+        for c, odd in self._odd.items():
+            if i in odd:
+                row[c] = odd[i]
+        return tuple(row)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self._row(j) for j in range(*i.indices(self._n))]
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        return self._row(i)
+
+    def __iter__(self):
+        return map(self._row, range(self._n))
+
+    def values(self, name: str) -> list:
+        """One column as the values recorded."""
+        c = RECORD_FIELDS.index(name)
+        if c in self._text:
+            values = self._text[c][0]
+            out = [values[k] for k in self._cols[c]]
+        else:
+            out = self._cols[c].tolist()
+        for i, v in self._odd.get(c, {}).items():
+            out[i] = v
+        return out
+
+    def numbers(self, name: str) -> np.ndarray:
+        """A numeric column as float64, as np.array(values, dtype=float) would give it."""
+        c = RECORD_FIELDS.index(name)
+        if c in self._inexact:
+            return np.array(self.values(name), dtype=float)
+        a = self._cols[c]
+        return np.array(a, dtype=float) if a.typecode == "q" else np.frombuffer(a, dtype=np.float64).copy()
+
+    def equals(self, name: str, value) -> np.ndarray:
+        """Which rows hold `value` in a text column."""
+        c = RECORD_FIELDS.index(name)
+        code = self._text[c][1].get(value)
+        if code is None:
+            return np.zeros(self._n, dtype=bool)
+        return np.frombuffer(self._cols[c], dtype=np.uint32) == code
+
+
 class Recorder:
     """Collects finished (or rejected) requests; streams them to CSV when given a path. Keeps
     every inter-token gap per (system, phase) for the ITL statistics."""
 
     def __init__(self, csv_path: Path | None = None):
-        self.rows: list[tuple] = []
+        self.rows = Records()
         # every gap, per (system, phase), in one flat array (not an array per request)
         self._itl: dict[tuple[str, str], array] = {}
         self._fh = None
@@ -147,19 +268,18 @@ class Recorder:
     def frame(self):
         import pandas as pd
 
-        return pd.DataFrame(self.rows, columns=RECORD_FIELDS)
+        return pd.DataFrame(list(self.rows), columns=RECORD_FIELDS)
 
     def write_parquet(self, path: Path) -> None:
         """Every request record as one parquet table (the CSV's columns, typed)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        cols = list(zip(*self.rows)) if self.rows else [[] for _ in RECORD_FIELDS]
         types = {"system": pa.string(), "phase": pa.string(), "status": pa.string(), "reason": pa.string(),
                  "req_id": pa.int64(), "instance": pa.int64(), "prompt_tokens": pa.int64(),
                  "output_tokens": pa.int64(), "hbm_hit_tokens": pa.int64(), "tier_hit_tokens": pa.int64(),
                  "preemptions": pa.int64()}
-        arrays = [pa.array(list(c), type=types.get(name, pa.float64())) for name, c in zip(RECORD_FIELDS, cols)]
+        arrays = [pa.array(self.rows.values(name), type=types.get(name, pa.float64())) for name in RECORD_FIELDS]
         tmp = path.with_name(path.name + ".tmp")
         pq.write_table(pa.Table.from_arrays(arrays, names=RECORD_FIELDS), tmp)
         tmp.replace(path)
@@ -179,17 +299,21 @@ def _ms_stats(x: np.ndarray, name: str) -> dict:
     }
 
 
-def summarize(rows: list[tuple], system: str, phase: str, itl: list[np.ndarray] | None = None,
+def summarize(rows: Records | Sequence[tuple], system: str, phase: str, itl: list[np.ndarray] | None = None,
               goodput: dict[str, float] | None = None) -> dict:
-    """Summary of one system's phase from its request records. `itl`: the inter-token gaps of
-    its finished requests; `goodput`: SLO bounds in ms ({"ttft": 500, "tpot": 50}), a request
-    being good when it meets all of them (vLLM's definition)."""
-    idx = {k: i for i, k in enumerate(RECORD_FIELDS)}
-    mine = [r for r in rows if r[0] == system and r[1] == phase]
-    done = [r for r in mine if r[idx["status"]] == "finished"]
+    """Summary of one system's phase from its request records (a Recorder's `rows`, or
+    record tuples). `itl`: the inter-token gaps of its finished requests; `goodput`: SLO
+    bounds in ms ({"ttft": 500, "tpot": 50}), a request being good when it meets all of them
+    (vLLM's definition)."""
+    if not isinstance(rows, Records):
+        rows = Records(rows)
+    mine_at = rows.equals("system", system) & rows.equals("phase", phase)
+    done_at = mine_at & rows.equals("status", "finished")
+    mine = int(mine_at.sum())
+    done = int(done_at.sum())
 
-    def col(name, src=done):
-        return np.array([r[idx[name]] for r in src], dtype=float)
+    def col(name, at=done_at):
+        return rows.numbers(name)[at]
 
     ttft, tpot_all, e2e = col("ttft_s"), col("tpot_s"), col("e2e_s")
     tpot = tpot_all[~np.isnan(tpot_all)]
@@ -198,30 +322,30 @@ def summarize(rows: list[tuple], system: str, phase: str, itl: list[np.ndarray] 
     kv_load = kv_load[~np.isnan(kv_load)]
     queue = col("queue_s")
     queue = queue[~np.isnan(queue)]
-    arrivals = col("arrival_s", mine) if mine else np.array([])
+    arrivals = col("arrival_s", mine_at) if mine else np.array([])
     duration = float(col("finish_s").max() - arrivals.min()) if done else math.nan
     gaps = np.concatenate(itl) if itl else np.array([])
     total_prompt = prompt.sum()
     rate = (lambda n: n / duration) if done and duration > 0 else (lambda n: math.nan)
     good = math.nan
     if goodput is not None:
-        ok = np.ones(len(done), dtype=bool)
+        ok = np.ones(done, dtype=bool)
         # vLLM counts a one-token request's TPOT as 0
         got = {"ttft": ttft, "tpot": np.nan_to_num(tpot_all, nan=0.0), "e2el": e2e}
         for key, bound_ms in goodput.items():
             ok &= got[key] * 1e3 <= bound_ms
         good = rate(int(ok.sum()))
-    rejected = sum(1 for r in mine if r[idx["status"]] == "rejected")
-    unfinished = sum(1 for r in mine if r[idx["status"]] == "unfinished")
+    rejected = int((mine_at & rows.equals("status", "rejected")).sum())
+    unfinished = int((mine_at & rows.equals("status", "unfinished")).sum())
     out = {
         "system": system,
         "phase": phase,
-        "completed": len(done),
+        "completed": done,
         "failed": rejected + unfinished,
         "duration": duration,
         "total_input_tokens": int(total_prompt),
         "total_output_tokens": int(outputs.sum()),
-        "request_throughput": rate(len(done)),
+        "request_throughput": rate(done),
         "request_goodput": good if goodput is not None else None,
         "output_throughput": rate(float(outputs.sum())),
         "total_token_throughput": rate(float(outputs.sum() + total_prompt)),
@@ -229,7 +353,7 @@ def summarize(rows: list[tuple], system: str, phase: str, itl: list[np.ndarray] 
         **_ms_stats(tpot, "tpot"),
         **_ms_stats(gaps, "itl"),
         **_ms_stats(e2e, "e2el"),
-        "requests": len(mine),
+        "requests": mine,
         "rejected": rejected,
         "unfinished": unfinished,
         "hbm_hit_ratio": float(col("hbm_hit_tokens").sum() / total_prompt) if total_prompt else math.nan,
@@ -239,8 +363,7 @@ def summarize(rows: list[tuple], system: str, phase: str, itl: list[np.ndarray] 
         "p99_queue_ms": float(np.percentile(queue, 99) * 1e3) if queue.size else math.nan,
         "preemptions": int(col("preemptions").sum()) if done else 0,
         "arrival_span_s": float(arrivals.max() - arrivals.min()) if arrivals.size else math.nan,
-        "breakdown": ttft_breakdown(np.array([[r[idx[f"ttft_{p}_s"]] for p in TTFT_PARTS] for r in done],
-                                             dtype=float).reshape(len(done), len(TTFT_PARTS))),
+        "breakdown": ttft_breakdown(np.stack([col(f"ttft_{p}_s") for p in TTFT_PARTS], axis=1)),
     }
     return out
 
