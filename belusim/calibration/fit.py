@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
-from scipy.optimize import least_squares, lsq_linear
 
 from belusim.calibration.models import ModelShape, compute_functions, gpu_namespace
 
@@ -117,6 +116,8 @@ def fit_affine(nbytes: Iterable[float], seconds: Iterable[float], relative: bool
     x, t = x[keep], t[keep]
     if len(x) < 2 or len(np.unique(x)) < 2:
         raise ValueError("an affine fit needs at least two distinct sizes")
+    from scipy.optimize import lsq_linear  # here: every belusim command imports this module, few fit
+
     w = 1.0 / t if relative else np.full_like(t, 1.0 / t.max())
     A = np.column_stack([w, x * w])
     res = lsq_linear(A, t * w, bounds=([0.0, 1e-18], [np.inf, np.inf]))
@@ -148,6 +149,8 @@ def fit_compute(model: ModelShape, tflops: float, hbm_gbps: float, prefill_rows:
     Prefill: least squares on relative residuals over (linear, attention) efficiency.
     Decode: the HBM efficiency, least squares on absolute residuals (large batches, where the
     step is longest, weigh most), with the linear efficiency from the prefill fit."""
+    from scipy.optimize import least_squares  # here: every belusim command imports this module, few fit
+
     prefill_fn, decode_fn, origin = compute_functions()
     pre = [(int(r["chunk"]), int(r["context"]), float(r["ms"]) * 1e-3) for r in prefill_rows
            if r.get("ms") and r["ms"] > 0]
