@@ -28,21 +28,23 @@ def _open_workload(seed: int = 3, n: int = 14) -> Workload:
     return Workload(specs, 16, "open")
 
 
-def _scenario(kv: dict, blocks: int, gpus: int, coalesce: int, slowdown: float | None = 0.0, budget: int = 512):
+def _scenario(kv: dict, blocks: int, gpus: int, coalesce: int, slowdown: float | None = 0.0, budget: int = 512,
+              router: str | None = None):
     d = {
         "name": "coalesce",
         "model": "qwen3-32b",
         "gpu": "h20" if slowdown is None else {"card": "h20", "copy_kernel_compute_slowdown": slowdown},
         "cluster": {"servers": 1, "gpus_per_server": gpus},
         "engine": {"kv_blocks": blocks, "decode_coalesce_steps": coalesce, "max_num_batched_tokens": budget},
-        "systems": [{"name": "s", "kv": kv}],
+        "systems": [{"name": "s", "kv": kv, **({"router": {"policy": router}} if router else {})}],
         "workload": {"kind": "lveval-synthetic", "num_prompts": 1},
     }
     return resolve_scenario(d)[0]
 
 
-def _play(kv: dict, blocks: int, gpus: int, coalesce: int, slowdown: float | None = 0.0, phases: int = 2):
-    sc = _scenario(kv, blocks, gpus, coalesce, slowdown)
+def _play(kv: dict, blocks: int, gpus: int, coalesce: int, slowdown: float | None = 0.0, phases: int = 2,
+          router: str | None = None):
+    sc = _scenario(kv, blocks, gpus, coalesce, slowdown, router=router)
     rec = Recorder()
     cluster = Cluster(sc, sc.systems[0], rec)
     for p in range(phases):
@@ -53,9 +55,9 @@ def _play(kv: dict, blocks: int, gpus: int, coalesce: int, slowdown: float | Non
     return times, cluster, checks
 
 
-def _assert_same_times(kv, blocks, gpus, slowdown=0.0, need_loads=False):
-    step_by_step, c1, _ = _play(kv, blocks, gpus, 1, slowdown)
-    coalesced, c2, _ = _play(kv, blocks, gpus, 512, slowdown)
+def _assert_same_times(kv, blocks, gpus, slowdown=0.0, need_loads=False, router=None):
+    step_by_step, c1, _ = _play(kv, blocks, gpus, 1, slowdown, router=router)
+    coalesced, c2, _ = _play(kv, blocks, gpus, 512, slowdown, router=router)
     assert step_by_step.keys() == coalesced.keys() and len(coalesced) == 28
     for key, (ft, fin) in step_by_step.items():
         ft2, fin2 = coalesced[key]
@@ -71,6 +73,8 @@ def _assert_same_times(kv, blocks, gpus, slowdown=0.0, need_loads=False):
 
 
 # --------------------------------------------------------------------------- coalesced decode
+
+BLOCKS_ROUTED = 200
 
 
 def test_coalesced_decode_is_exact_hbm_only():
@@ -106,6 +110,13 @@ def test_coalesced_decode_is_exact_with_copy_kernel_interference():
 
 def test_coalesced_decode_is_exact_with_metadata_rpc_lookups():
     _assert_same_times({"kind": "cxl-pool"}, blocks=300, gpus=1)
+
+
+@pytest.mark.parametrize("router", ["least-loaded", "cache-aware"])
+def test_coalesced_decode_is_exact_when_routing_reads_a_stretching_instance(router):
+    # a router choosing while an instance is part-way through a stretch sees its load
+    # (and, cache-aware, its prefix cache) as after the steps that have ended
+    _assert_same_times({"kind": "hbm-only"}, blocks=BLOCKS_ROUTED, gpus=4, router=router)
 
 
 def test_coalesced_decode_is_exact_with_lookups_on_a_shared_pool():

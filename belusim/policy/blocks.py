@@ -109,6 +109,9 @@ class BlockPool:
         self.cached = 0  # cached blocks, held or not
         self.evictions = 0
         self.promotions = 0
+        # Blocked requests and how many leading blocks their last lookup found resident: an
+        # eviction inside that prefix or a promotion of the block after it drops the watch.
+        self._watchers: dict = {}
 
     # -- queries ---------------------------------------------------------------------
     @property
@@ -175,6 +178,45 @@ class BlockPool:
             d += m
         return total
 
+    def evictable_sparing(self, keys, n: int, enough: int) -> int:
+        """How many LRU blocks can be evicted, oldest first, before one of the resident
+        blocks keys[:n] would go (counting stops once `enough` is reached)."""
+        head = self._lru
+        node, total = head.next, 0
+        while node is not head and total < enough:
+            d, m = node.depth, len(node.keys)
+            if d < n and keys[d] == node.keys[0]:  # part of that prefix: only its blocks past n
+                return total + max(0, d + m - n)
+            total += m
+            node = node.next
+        return total
+
+    # -- blocked requests --------------------------------------------------------------
+    def watch(self, req, resident: int) -> None:
+        """`req` (chain keys `req.keys`) could not be admitted with its first `resident`
+        blocks cached here: watch for an eviction among them or a promotion of the next."""
+        self._watchers[req] = resident
+
+    def unwatch(self, req) -> None:
+        self._watchers.pop(req, None)
+
+    def watching(self, req) -> bool:
+        """Is `req` still watched, i.e. its cached prefix unchanged since it blocked?"""
+        return req in self._watchers
+
+    def watched(self) -> list:
+        return list(self._watchers)
+
+    def _wake_evicted(self, depth: int, key: int) -> None:
+        for req, n in list(self._watchers.items()):
+            if depth < n and req.keys[depth] == key:
+                del self._watchers[req]
+
+    def _wake_promoted(self, keys, runs) -> None:
+        for req, n in list(self._watchers.items()):
+            if n < len(req.keys) and any(a <= n < b for a, b in runs) and req.keys[n] == keys[n]:
+                del self._watchers[req]
+
     # -- changes ---------------------------------------------------------------------
     def acquire_cached(self, keys, n: int | None = None) -> list[tuple[int, int]]:
         """Take references on the resident blocks keys[:n] (a prefix hit). Returns the runs
@@ -217,11 +259,16 @@ class BlockPool:
             node = head.next
             n = len(node.keys)
             if n > count:  # its deepest `count` go; node keeps its place with the rest
-                self._drop(_split(node, n - count, keep_bottom=False, link=False))
+                gone = _split(node, n - count, keep_bottom=False, link=False)
+                if self._watchers:
+                    self._wake_evicted(gone.depth, gone.keys[0])
+                self._drop(gone)
                 return
             nxt = node.next
             head.next, nxt.prev = nxt, head
             node.prev = node.next = None
+            if self._watchers:
+                self._wake_evicted(node.depth, node.keys[0])
             self._drop(node)
             count -= n
 
@@ -271,6 +318,8 @@ class BlockPool:
         got = sum(e - s for s, e in new)
         self.cached += got
         self.promotions += got
+        if self._watchers and new:
+            self._wake_promoted(keys, new)
         return new
 
     def release(self, keys, runs: list[tuple[int, int]], private: int) -> None:

@@ -15,13 +15,26 @@ class Router:
         self.scheds = schedulers
         self._next = 0
 
-    def choose(self, req: Request) -> int:
+    @property
+    def reads_loads(self) -> bool:
+        return self.cfg.policy != "round-robin"
+
+    @property
+    def reads_caches(self) -> bool:
+        """Does it look at the instances' prefix caches (not only at their loads)?"""
+        return self.cfg.policy == "cache-aware"
+
+    def choose(self, req: Request, loads: list[int] | None = None) -> int:
+        """The instance for `req`. loads: each instance's outstanding tokens now, if the
+        caller knows them better than the schedulers' counters (an executor part-way
+        through a multi-step decode stretch)."""
         policy = self.cfg.policy
         if policy == "round-robin":
             i = self._next
             self._next = (i + 1) % len(self.scheds)
             return i
-        loads = [s.outstanding_tokens for s in self.scheds]
+        if loads is None:
+            loads = [s.outstanding_tokens for s in self.scheds]
         if policy == "least-loaded":
             return min(range(len(loads)), key=loads.__getitem__)
         # cache-aware: the longest cached prefix among instances not much busier than the least loaded

@@ -62,6 +62,7 @@ class StepPlan:
     lookups: int = 0  # tier lookups done while scheduling (metadata RPCs)
     lookup_keys: int = 0  # chunk names those lookups asked about
     lookup_chunks: list = field(default_factory=list)  # per lookup: the prompt's chunks it hashed
+    decode_applied: int = 0  # pure-decode steps of a stretch already applied (advance_decode)
 
     @property
     def pure_decode(self) -> bool:
@@ -190,7 +191,10 @@ class Scheduler:
             n = min(req.known_tokens - req.num_computed, budget)
             need = blocks_for(req.num_computed + n, bs) - req.blocks_held
             if need > pool.free:
+                # its hits are taken (a finished load, say): only more free blocks let it in
+                req.blocked_at = pool.free
                 break
+            req.blocked_at = None
             self.waiting.popleft()
             pool.allocate(need)
             req.private_blocks += need
@@ -277,29 +281,36 @@ class Scheduler:
 
     def _block(self, req: Request) -> None:
         """Its admission failed. It is asked again only once something that could change
-        the answer happened: free blocks grew, this instance's prefix cache changed (a
-        promotion or an eviction), or the tier stored the chunk after its matched prefix or
-        evicted one of its matched chunks (the tier watches for those, see TierIndex.watch).
-        vLLM asks the connector again every step; an unchanged answer costs the model nothing."""
-        pool = self.pool
-        req.blocked_at = (pool.free, pool.evictions, pool.promotions)
+        the answer happened: free blocks grew, this instance evicted one of its cached hits
+        or cached the block after them, or the tier stored the chunk after its matched
+        prefix or evicted one of its matched chunks (both indexes watch for those, see
+        BlockPool.watch and TierIndex.watch). vLLM asks again every step; an unchanged
+        answer costs the model nothing."""
+        req.blocked_at = self.pool.free
+        self.pool.watch(req, req.probe[0])
         if self.tier is not None:
             self.tier.watch(req, req.probe[1] // self.tier.chunk_blocks)
 
     def _unblock(self, req: Request) -> None:
         if req.blocked_at is not None:
             req.blocked_at = None
+            self.pool.unwatch(req)
             if self.tier is not None:
                 self.tier.unwatch(req)
 
     def _still_blocked(self, req: Request) -> bool:
-        """Would its admission fail again? Yes unless free blocks grew, the HBM prefix cache
-        changed, or the tier woke it. Fewer free blocks, or blocks taken by others, cannot
+        """Would its admission fail again? Yes unless free blocks grew or a watch woke it.
+        Fewer free blocks, or hits taken by others (which take as many free blocks), cannot
         let it in."""
-        pool, then = self.pool, req.blocked_at
-        if pool.free > then[0] or pool.evictions != then[1] or pool.promotions != then[2]:
-            return False
-        return self.tier is None or self.tier.watching(req)
+        return (self.pool.free <= req.blocked_at and self.pool.watching(req)
+                and (self.tier is None or self.tier.watching(req)))
+
+    def admission_stalled(self) -> bool:
+        """Would the next step admit nothing unless something changes? True when every
+        waiting request is loading, the sequence slots are all taken, or the first waiting
+        request's admission failed and nothing that could change that happened."""
+        return (len(self.waiting) == self.loading or len(self.running) >= self.max_seqs
+                or self.blocked_head() is not None)
 
     def blocked_head(self) -> Request | None:
         """The first waiting request that is not loading, if its admission failed."""
@@ -428,16 +439,14 @@ class Scheduler:
     def decode_horizon(self, max_steps: int) -> int:
         """How many pure-decode steps (the first already planned and allocated) can run
         before anything but the context lengths changes: a finish, or running out of blocks.
-        With a blocked request waiting, also no eviction: one could change its prefix hit."""
+        With a blocked request waiting, also no eviction of its cached hits: that could let
+        it in."""
         if not self.running:
             return 0
         k = min(max_steps, min(r.remaining_outputs for r in self.running))
         if k <= 1:
             return 1
         pool, bs = self.pool, self.bs
-        free = pool.free
-        if self.blocked_head() is not None:
-            free = pool.empty  # empty blocks only
         # Blocks beyond what step 1 already allocated, for m steps in all:
         # sum_r ceil((c_r + m) / bs) - held_r. With c_r = q_r bs + s_r (0 <= s_r < bs) and
         # m >= 1, ceil((c_r + m) / bs) = q_r + 1 + (s_r + m - 1) // bs, and (s_r + m - 1) // bs
@@ -455,7 +464,13 @@ class Scheduler:
             wrap, part = divmod(m - 1, bs)
             return base + batch * wrap + batch - bisect_left(rems, bs - part)
 
-        if extra_blocks(k) <= free:
+        need = extra_blocks(k)
+        free = pool.free
+        head = self.blocked_head()
+        if head is not None and need > pool.empty:
+            # empty blocks, then the LRU's oldest up to the first of the head's cached hits
+            free = pool.empty + pool.evictable_sparing(head.keys, head.probe[0], need - pool.empty)
+        if need <= free:
             return k
         lo, hi = 1, k  # extra_blocks(1) == 0 <= free
         while hi - lo > 1:
@@ -467,20 +482,26 @@ class Scheduler:
         return lo
 
     def advance_decode(self, plan: StepPlan, steps: int, now: float) -> list[Request]:
-        """Apply `steps` pure-decode steps of `plan`'s batch; returns the finished requests.
-        Every request takes its blocks before any finishes, as stepping one at a time would."""
+        """Apply the first `steps` pure-decode steps of `plan`'s batch (those not applied
+        yet: an executor may apply a stretch's steps as they end, for an observer such as
+        the router); returns the finished requests. Every request takes its blocks before
+        any finishes, as stepping one at a time would."""
         bs, pool = self.bs, self.pool
+        todo = steps - plan.decode_applied
+        plan.decode_applied = steps
+        if todo <= 0:
+            return []
         batch = [req for req, _n in plan.scheduled]
-        if steps > 1:
+        if steps > 1:  # the first step's blocks were allocated when it was planned
             for req in batch:
-                need = blocks_for(req.num_computed + steps, bs) - req.blocks_held
+                need = blocks_for(req.num_computed + todo, bs) - req.blocks_held
                 pool.allocate(need)
                 req.private_blocks += need
         finished = []
         for req in batch:
-            req.num_computed += steps
-            req.num_output += steps
-            self.outstanding_tokens -= steps  # context growth is past the prompt: only outputs count
+            req.num_computed += todo
+            req.num_output += todo
+            self.outstanding_tokens -= todo  # context growth is past the prompt: only outputs count
             if req.num_output >= req.output_tokens:
                 self._finish(req, now)
                 finished.append(req)
@@ -491,6 +512,9 @@ class Scheduler:
 
     def check(self) -> None:
         self.pool.check()
+        blocked = {id(r) for r in self.waiting if r.blocked_at is not None}
+        if any(id(r) not in blocked for r in self.pool.watched()):
+            raise AssertionError("the block pool watches a request that is not blocked in the waiting queue")
         live = list(self.running) + list(self.waiting) + list(self.held)
         private = sum(r.private_blocks for r in live)
         refs = sum(r.cached_blocks for r in live)

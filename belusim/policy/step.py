@@ -71,11 +71,12 @@ def step_loop(sched: Scheduler, conn: ConnectorSemantics, ex, coalesce_steps: in
         # A stretch needs a steady step: no copy kernel overlapping it (its slowdown is per
         # step) and nothing new to admit. A blocked waiting request stays blocked until
         # blocks are freed (a finish or a held request's save ends the stretch), its
-        # instance evicts (the horizon avoids it) or the tier changes its prefix (the
-        # saving side notifies).
+        # instance evicts one of its hits (the horizon avoids it) or the tier changes its
+        # prefix (the saving side notifies); with every sequence slot taken, nothing is
+        # admitted before a request finishes.
         k = 1
         if (coalesce_steps > 1 and plan.pure_decode and not plan.lookups
-                and (len(sched.waiting) == sched.loading or sched.blocked_head() is not None)
+                and sched.admission_stalled()
                 and ex.steady()):
             k = sched.decode_horizon(coalesce_steps)
         if k > 1:

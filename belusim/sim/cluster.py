@@ -195,7 +195,18 @@ class Cluster:
         tier = self.instances[req.instance].sched.tier
         members, router = self.decode_routers[id(tier)]
         req.hand_off()
-        members[router.choose(req)].submit(req)
+        members[self._route(router, members, req)].submit(req)
+
+    @staticmethod
+    def _route(router: Router, members: list[Instance], req: Request) -> int:
+        """Route as if every instance stepped one step at a time: one part-way through a
+        decode stretch shows the steps that have ended."""
+        if not router.reads_loads:
+            return router.choose(req)
+        if router.reads_caches:
+            for inst in members:
+                inst.catch_up()
+        return router.choose(req, [inst.load_now() for inst in members])
 
     def submit(self, spec, phase: str, on_finish=None) -> Request:
         bs = self.sc.engine.block_size
@@ -209,7 +220,7 @@ class Cluster:
         req.on_finish = on_finish
         self.submitted += 1
         self._unrecorded.add(id(req))
-        inst = self.entry[self.router.choose(req)]
+        inst = self.entry[self._route(self.router, self.entry, req)]
         idx = inst.index
         req.prefill_only = self.disaggregated
         if not inst.sched.can_ever_fit(req):

@@ -63,6 +63,7 @@ class Instance:
             self._kernel_rate = gpu.copy_kernel_gbps * 1e9
         self.tier_peers: dict[int, Instance] = {}  # instances sharing this one's tier, by index (set by the cluster)
         self._in_stretch = False
+        self._stretch = None  # (plan, start, elapsed, steps) of the decode stretch running
         self.process = env.process(self.run())
 
     def submit(self, req: Request) -> None:
@@ -242,12 +243,14 @@ class Instance:
         self._wake = wake = env.event()
         start = env.now
         self._in_stretch = True
+        self._stretch = (plan, start, elapsed, k)
         kind = None
         if self._copy_beside is not None:
             kind = self.compute.compute_bound(batch, 0.0, c0, batch)
             self._gpu_computes(kind)
         yield env.timeout(elapsed(k)) | wake
         self._in_stretch = False
+        self._stretch = None
         self._wake = None
         steps = k
         if wake.triggered and env.now - start < elapsed(k):
@@ -262,6 +265,34 @@ class Instance:
         self.step_ends.extend([start + elapsed(m) for m in range(1, steps)])
         self.step_ends.append(env.now)
         return steps
+
+    # -- what others see of a stretch in progress ---------------------------------------
+    def _stretch_steps_done(self) -> int:
+        """Steps of the running stretch that have ended by now (not its last one, whose
+        end applies it)."""
+        plan, start, elapsed, k = self._stretch
+        t = self.env.now - start
+        m = _steps_covering(elapsed, t, k)
+        if elapsed(m) > t:
+            m -= 1
+        return min(m, k - 1)
+
+    def load_now(self) -> int:
+        """Outstanding tokens now, as stepping one step at a time would have them."""
+        sched = self.sched
+        if self._stretch is None:
+            return sched.outstanding_tokens
+        plan = self._stretch[0]
+        return sched.outstanding_tokens - len(plan.scheduled) * (self._stretch_steps_done() - plan.decode_applied)
+
+    def catch_up(self) -> None:
+        """Apply the ended steps of the running stretch (blocks taken, tokens counted), so
+        that a router reading this instance's prefix cache sees it as stepping would."""
+        if self._stretch is not None:
+            plan = self._stretch[0]
+            m = self._stretch_steps_done()
+            if m > plan.decode_applied:
+                self.sched.advance_decode(plan, m, self.env.now)
 
     def _load(self, load: Load):
         """An async load: the request is admitted once it has landed."""
