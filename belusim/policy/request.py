@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from enum import Enum
 
 
@@ -65,7 +66,7 @@ class Request:
         "ttft_mark",
     )
 
-    def __init__(self, req_id: int, prompt_tokens: int, output_tokens: int, keys: list[int], arrival: float,
+    def __init__(self, req_id: int, prompt_tokens: int, output_tokens: int, keys: Sequence[int], arrival: float,
                  phase: str = ""):
         if prompt_tokens <= 0 or output_tokens <= 0:
             raise ValueError(f"request {req_id}: prompt and output tokens must be positive")
@@ -73,7 +74,7 @@ class Request:
         self.phase = phase
         self.prompt_tokens = prompt_tokens
         self.output_tokens = output_tokens
-        self.keys = keys  # chain keys of the prompt's full blocks
+        self.keys = keys  # chain keys of the prompt's full blocks (the cluster gives an int64 array)
         self.state = State.WAITING
         self.num_computed = 0  # tokens whose KV is in HBM
         self.num_output = 0  # tokens sampled so far
