@@ -10,8 +10,9 @@ What the loop yields:
   IDLE            nothing to run: resume when a request arrives or a load lands
   Execute(p, k)   run step p: the lookups' metadata RPCs, the in-step loads (sync: one
                   request after another, then the forward pass; layer-wise: overlapping
-                  it), the forward pass. k > 1: up to k identical pure-decode steps. The
-                  executor sends back how many steps it ran.
+                  it), the forward pass. k > 1: up to k identical pure-decode steps (the
+                  first may start with the RPCs of a lookup that failed). The executor
+                  sends back how many steps it ran.
   WaitSaves(s)    run these saves and resume once all have landed (sync-step-end saves)
 
 The executor implements:
@@ -75,7 +76,7 @@ def step_loop(sched: Scheduler, conn: ConnectorSemantics, ex, coalesce_steps: in
         # prefix (the saving side notifies); with every sequence slot taken, nothing is
         # admitted before a request finishes.
         k = 1
-        if (coalesce_steps > 1 and plan.pure_decode and not plan.lookups
+        if (coalesce_steps > 1 and plan.pure_decode
                 and sched.admission_stalled()
                 and ex.steady()):
             k = sched.decode_horizon(coalesce_steps)

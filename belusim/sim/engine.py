@@ -235,14 +235,18 @@ class Instance:
     def _decode_stretch(self, plan, k: int):
         env = self.env
         batch, c0 = len(plan.scheduled), plan.decode_context
-        a, b = self.compute.decode_run(batch, c0)  # no lookup time: a stretch looked nothing up
+        a, b = self.compute.decode_run(batch, c0)
 
         def elapsed(m: int) -> float:
             return m * a + b * (m * c0 + batch * m * (m - 1) / 2)
 
         self._wake = wake = env.event()
-        start = env.now
         self._in_stretch = True
+        if plan.lookups:  # the first step starts with a failed lookup's stages and RPCs
+            yield env.timeout(self.paths.lookup_time(plan.lookups, plan.lookup_keys, env.now, plan.lookup_chunks))
+            if wake.triggered:
+                k = 1  # something changed meanwhile: the step runs, then the scheduler looks again
+        start = env.now
         self._stretch = (plan, start, elapsed, k)
         kind = None
         if self._copy_beside is not None:
