@@ -17,6 +17,7 @@ lookups until they age out too. A run splits where only part of it changes.
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from itertools import chain
 
 from belusim.policy.blocks import common_prefix_len
@@ -113,6 +114,7 @@ class TierIndex:
         # Blocked requests and the chunks of their last lookup's match: a store of the chunk
         # after it or an eviction inside it wakes them (moves them to `woken`).
         self._watchers: dict = {}
+        self._depths: list[int] = []  # their matched chunks, sorted
         self.woken: list = []
 
     def names(self, block_keys, end_blocks: int | None = None):
@@ -205,10 +207,16 @@ class TierIndex:
     def watch(self, req, matched_chunks: int) -> None:
         """`req` (with chain keys `req.keys`) could not be admitted with `matched_chunks` of
         its prefix stored: watch for the changes that would alter that lookup's answer."""
+        old = self._watchers.get(req)
+        if old is not None:
+            del self._depths[bisect_left(self._depths, old)]
         self._watchers[req] = matched_chunks
+        insort(self._depths, matched_chunks)  # a save wakes only those whose match ends in it
 
     def unwatch(self, req) -> None:
-        self._watchers.pop(req, None)
+        m = self._watchers.pop(req, None)
+        if m is not None:
+            del self._depths[bisect_left(self._depths, m)]
 
     def watching(self, req) -> bool:
         """Is `req` still watched, i.e. nothing changed its lookup since it blocked?"""
@@ -219,22 +227,29 @@ class TierIndex:
         woken, self.woken = self.woken, []
         return woken
 
+    def _wake(self, req) -> None:
+        self.unwatch(req)
+        self.woken.append(req)
+
     def _wake_stored(self, block_keys, ranges) -> None:
-        c = self.chunk_blocks
-        for req, m in list(self._watchers.items()):
-            i = (m + 1) * c - 1  # the name of the chunk after its match
-            if i < len(req.keys) and any(a <= m < b for a, b in ranges) and req.keys[i] == block_keys[i]:
-                del self._watchers[req]
-                self.woken.append(req)
+        c, depths = self.chunk_blocks, self._depths
+        for a, b in ranges:
+            if bisect_left(depths, a) == bisect_left(depths, b):
+                continue  # no watcher's match ends inside this range
+            for req, m in list(self._watchers.items()):
+                i = (m + 1) * c - 1  # the name of the chunk after its match
+                if a <= m < b and i < len(req.keys) and req.keys[i] == block_keys[i]:
+                    self._wake(req)
 
     def _wake_evicted(self, depth: int, name: int) -> None:
         """A run starting at chunk `depth` with first chunk `name` was (partly) evicted: a
         watcher matched into it exactly when its own chunk there has that name."""
+        if self._depths[-1] <= depth:
+            return  # every watcher's match ends at or above this run
         c = self.chunk_blocks
-        for req, m in list(self._watchers.items()):
-            if depth < m and req.keys[(depth + 1) * c - 1] == name:
-                del self._watchers[req]
-                self.woken.append(req)
+        hit = [req for req, m in self._watchers.items() if depth < m and req.keys[(depth + 1) * c - 1] == name]
+        for req in hit:
+            self._wake(req)
 
     def wanted(self, block_keys: list[int], upto_blocks: int, from_chunk: int) -> list[int]:
         """Chunk indexes in [from_chunk, upto_blocks // chunk) that are neither stored nor pending."""
