@@ -432,3 +432,16 @@ def test_ordered_transfers_land_one_after_another(resolve):
     assert shared[0] == pytest.approx(shared[1], rel=1e-6)
     assert ordered[1] == pytest.approx(shared[1], rel=0.02)  # same bytes, same last landing
     assert ordered[0] == pytest.approx(ordered[1] / 2, rel=0.05)
+
+
+@pytest.mark.parametrize("chunk_tokens", [16, 64, 256])
+def test_a_load_names_each_chunk_it_reads_by_its_last_block_key(resolve, chunk_tokens):
+    """Chunk i is named keys[min(len, (i + 1) x c) - 1]: a load from any offset, of any length,
+    names the chunks it touches, the prompt's partial last chunk by its last key."""
+    _sc, _env, p = _paths(resolve, {"kind": "rdma-pool", "chunk_tokens": chunk_tokens})
+    c = chunk_tokens // 16
+    req = _request(37, key0=500)
+    for first in range(0, 37, 3):
+        for n in range(1, 38 - first, 5):
+            want = [req.keys[min(37, (i + 1) * c) - 1] for i in range(first // c, (first + n - 1) // c + 1)]
+            assert p._chunk_names(Load(req, first, n)) == want, (first, n)

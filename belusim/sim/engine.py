@@ -16,6 +16,7 @@ from __future__ import annotations
 from array import array
 
 import simpy
+from simpy.events import URGENT, Event
 
 from belusim.compute.roofline import ComputeModel
 from belusim.transport.kvpath import GPUPlace, KVPaths
@@ -106,13 +107,13 @@ class Instance:
             req = load.request
             req.ttft_parts[_QUEUE] += self.env.now - req.ttft_mark
             req.ttft_mark = self.env.now
-            self.env.process(self._load(load))
+            spawn(self.env, self._load(load))
 
     def start_saves(self, saves: list[Save]) -> None:
         for save in saves:
             self.pending_saves += 1
             self._copy_issued(len(save.keys) * self.sched.tier.chunk_blocks)
-            self.env.process(self._save(save))
+            spawn(self.env, self._save(save))
 
     def step_ended(self) -> None:
         self.step_ends.append(self.env.now)
@@ -319,6 +320,31 @@ class Instance:
             peer = self.tier_peers.get(req.instance)
             if peer is not None and peer._in_stretch and peer.sched.blocked_head() is req:
                 peer.notify()
+
+
+def spawn(env: simpy.Environment, gen) -> None:
+    """Run a generator as env.process(gen) would, for a caller that never waits for its end:
+    started by an urgent event and resumed by the events it yields, in the same order, but
+    without a Process and the end event that nobody would wait on."""
+
+    def resume(event: Event) -> None:
+        while True:
+            try:
+                if event._ok:
+                    event = gen.send(event._value)
+                else:
+                    event._defused = True
+                    event = gen.throw(event._value)
+            except StopIteration:
+                return
+            if event.callbacks is not None:  # not yet processed: resume when it is
+                event.callbacks.append(resume)
+                return
+
+    start = Event(env)
+    start._ok, start._value = True, None
+    start.callbacks.append(resume)
+    env.schedule(start, URGENT)
 
 
 (_QUEUE, _COMPUTE, _WIRE, _SOFTWARE, _THREAD, _LOOKUP, _RPC, _SAVE, _OTHERS) = range(len(TTFT_PARTS))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import simpy
 
 _EPS_BYTES = 1e-3  # a flow with less left than this is done (float drift)
+_RATES_SEEN_MAX = 4096  # rate assignments remembered (bounds the memory of long runs)
 
 
 @dataclass(eq=False, slots=True)
@@ -35,11 +36,35 @@ class Link:
 
 
 @dataclass(eq=False, slots=True)
+class Transfer:
+    """Flows that one caller waits for together: `done` fires when the last has landed."""
+
+    done: simpy.Event
+    left: int = 0  # flows not yet finished
+
+
+@dataclass(eq=False, slots=True)
+class Path:
+    """A list of links built once: a flow over it needs no per-flow copies of it."""
+
+    links: tuple
+    uniq: tuple  # each link once (a path may cross one link twice: both ends in one DRAM)
+    repeats: bool
+
+    @classmethod
+    def of(cls, links) -> "Path":
+        links = tuple(links)
+        uniq = tuple(dict.fromkeys(links))
+        return cls(links, uniq, len(uniq) != len(links))
+
+
+@dataclass(eq=False, slots=True)
 class Flow:
     nbytes: float
     links: tuple
+    uniq: tuple
     cap: float  # the flow's own rate limit (bytes/s), inf if none
-    done: simpy.Event
+    transfer: Transfer
     remaining: float = 0.0
     rate: float = 0.0
     started: float = 0.0
@@ -55,6 +80,7 @@ class Fabric:
         self._active: list[Flow] = []
         self._last_update = 0.0
         self._generation = 0
+        self._rates_seen: dict[tuple, list[float]] = {}  # rates by flows in flight; see _assign_rates
         self.bytes_requested = 0.0  # asked of flow()
         self.bytes_delivered = 0.0  # the sizes of the flows that finished
         self.bytes_moved = 0.0  # rate integrated over time: what the links really carried
@@ -93,38 +119,56 @@ class Fabric:
             raise ValueError(f"link {link.name!r} needs a positive capacity, got {bytes_per_s}")
         if link.capacity == bytes_per_s:
             return
+        self._rates_seen.clear()  # remembered rates assumed the old capacity
         if not link.flows:
             link.capacity = bytes_per_s
             return
         self._advance()
         link.capacity = bytes_per_s
+        self._rates_seen.clear()  # remembered rates assumed the old capacity
         self._reschedule()
 
     # -- flows ----------------------------------------------------------------------
     def flow(self, nbytes: float, links, cap_gbps: float = math.inf) -> simpy.Event:
         """Start moving nbytes over links; the returned event fires when the last byte lands."""
+        return self.transfer([(nbytes, links if isinstance(links, Path) else Path.of(links))], cap_gbps)
+
+    def transfer(self, parts: list[tuple[float, Path]], cap_gbps: float = math.inf) -> simpy.Event:
+        """Start flows of (nbytes, path) at once; the returned event fires when the last of
+        them has landed (with the seconds it took). One event for the lot, where waiting on
+        each flow's own would cost an event per flow and one more to join them."""
         done = self.env.event()
-        self.bytes_requested += nbytes
-        self.flows_started += 1
-        if nbytes <= 0:
-            self.flows_finished += 1
+        t = Transfer(done)
+        now = self.env.now
+        cap = cap_gbps * 1e9
+        started = False
+        for nbytes, path in parts:
+            self.bytes_requested += nbytes
+            self.flows_started += 1
+            if nbytes <= 0:
+                self.flows_finished += 1
+                continue
+            if not path.links and not math.isfinite(cap_gbps):
+                raise ValueError("a flow needs at least one link or a finite rate cap")
+            if not cap_gbps > 0:
+                raise ValueError(f"a flow's rate cap must be positive, got {cap_gbps}")
+            if not started:
+                self._advance()
+                started = True
+            f = Flow(nbytes, path.links, path.uniq, cap, t, remaining=nbytes, started=now,
+                     repeats=path.repeats)
+            for link in path.uniq:
+                if not link.flows:
+                    link._busy_since = now
+                    self._busy.add(link)
+                link.flows.add(f)
+            self._active.append(f)
+            t.left += 1
+        if not started:
             done.succeed(0.0)
             return done
-        links = tuple(links)
-        if not links and not math.isfinite(cap_gbps):
-            raise ValueError("a flow needs at least one link or a finite rate cap")
-        if not cap_gbps > 0:
-            raise ValueError(f"a flow's rate cap must be positive, got {cap_gbps}")
-        self._advance()
-        f = Flow(nbytes, links, cap_gbps * 1e9, done, remaining=nbytes, started=self.env.now)
-        uniq = set(links)
-        f.repeats = len(uniq) != len(links)
-        for link in uniq:  # a path may cross one link twice (both ends in one DRAM)
-            if not link.flows:
-                link._busy_since = self.env.now
-                self._busy.add(link)
-            link.flows.add(f)
-        self._active.append(f)
+        # Rates once all have started: starting them one by one at the same instant moves
+        # nothing in between, so the rates (and the next finish) are the same.
         self._reschedule()
         return done
 
@@ -217,7 +261,7 @@ class Fabric:
             if f.remaining <= _EPS_BYTES or (f.rate > 0 and f.remaining / f.rate < 1e-12):
                 for link in f.links:
                     link.bytes_carried += f.remaining
-                for link in set(f.links):
+                for link in f.uniq:
                     link.flows.discard(f)
                     if self.record_series:
                         self._bin(link, now, now, link.bytes_carried - link._binned)
@@ -229,7 +273,10 @@ class Fabric:
                 self.max_residual = max(self.max_residual, f.remaining)
                 self.flows_finished += 1
                 f.remaining = 0.0
-                f.done.succeed(now - f.started)
+                t = f.transfer
+                t.left -= 1
+                if not t.left:
+                    t.done.succeed(now - f.started)
             else:
                 keep.append(f)
         self._active = keep
@@ -244,6 +291,15 @@ class Fabric:
             for link in f.links:
                 inc = min(inc, link.capacity)
             f.rate = max(min(inc, f.cap), 0.0)
+            return
+        # The rates are a function of the flows' paths and caps, in order, and the links'
+        # capacities: the same set of transfers in flight gets the same rates again (a
+        # lone transfer of a few flows, the common case, every time its instance saves).
+        key = tuple([(f.links, f.cap) for f in active])
+        rates = self._rates_seen.get(key)
+        if rates is not None:
+            for f, rate in zip(active, rates):
+                f.rate = rate
             return
         # Unfrozen flows all have the same rate (they rose together from 0): keep it once, in
         # r, and the per-link counts of unfrozen flows up to date as flows freeze.
@@ -289,6 +345,9 @@ class Fabric:
             unfrozen = keep
         for f in unfrozen:
             f.rate = r
+        if len(self._rates_seen) >= _RATES_SEEN_MAX:
+            self._rates_seen.clear()
+        self._rates_seen[key] = [f.rate for f in active]
 
     # -- accounting ----------------------------------------------------------------
     def conservation_problems(self) -> list[str]:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import simpy
 
 from belusim.config.scenario import GB, KVSystemConfig, Scenario, StackCard
-from belusim.transport.fabric import Fabric, Link
+from belusim.transport.fabric import Fabric, Link, Path
 from belusim.transport.stages import SoftwareStages
 from belusim.policy.scheduler import Load, Save
 
@@ -98,7 +98,7 @@ class KVPaths:
         self.sc = scenario
         self.kv = kv
         self.fabric = Fabric(env)
-        self._paths: dict[tuple, list[Link]] = {}  # link lists of GPU-side paths, built once
+        self._paths: dict[tuple, Path] = {}  # GPU-side paths, built once
         self.stats = TransferStats()
         hw, cl, gpu = scenario.hardware, scenario.cluster, scenario.gpu
         tp = self.tp = cl.tensor_parallel
@@ -159,6 +159,8 @@ class KVPaths:
             for d in range(cl.cxl_devices):
                 f.add_link(f"cxl.dev{d}", hw.cxl_memory.bandwidth_gbps)
         self._chunk_device: dict[int, int] = {}
+        # where a chunk lives depends on its key (a device, a home server): loads name theirs
+        self._places_by_key = kv.kind == "rdma-pool" or (kv.kind == "cxl-pool" and not kv.interleave)
         self._chunks_placed = 0
         rpc = hw.cxl_rpc if self._rpc_kind() == "cxl-slots" else hw.rdma_rpc
         self.rpc = RPCServer(rpc.rtt_us * 1e-6, 1.0 / (rpc.server_mops * 1e6))
@@ -201,6 +203,16 @@ class KVPaths:
     def _chunk_blocks(self) -> int:
         return max(1, self.kv.chunk_tokens // self.sc.engine.block_size)
 
+    def _chunk_names(self, load: Load) -> list[int]:
+        """The chunks (named by their last block's key, as saved) that a load reads from:
+        keys[min(len, (i + 1) x c) - 1] for each chunk i it touches."""
+        c, first, keys = self._chunk_blocks, load.first_block, load.request.keys
+        i0, i1 = first // c, (first + load.num_blocks - 1) // c
+        names = list(keys[(i0 + 1) * c - 1:(i1 + 1) * c:c])
+        if len(names) < i1 - i0 + 1:  # the last chunk is the prompt's partial tail
+            names.append(keys[len(keys) - 1])
+        return names
+
     # -- GPU-side copy costs ----------------------------------------------------------------
     def _gpu_copy_fixed(self, nblocks: int, direction: str, pool_is_cxl: bool) -> tuple[float, float]:
         """(launch seconds, coherence seconds) for moving nblocks of fragmented KV."""
@@ -231,13 +243,11 @@ class KVPaths:
     def load(self, place: GPUPlace, load: Load):
         nbytes = load.num_blocks * self.block_bytes
         t0 = self.env.now
-        # the chunks (named by their last block's key) the load reads from, as saved
         c, first = self._chunk_blocks, load.first_block
-        keys = load.request.keys
-        names = [keys[min(len(keys), (i + 1) * c) - 1]
-                 for i in range(first // c, (first + load.num_blocks - 1) // c + 1)]
+        chunks = (first + load.num_blocks - 1) // c - first // c + 1  # the chunks it reads from
+        names = self._chunk_names(load) if self._places_by_key else []
         load.thread_wait_s, load.software_s = yield from self.stages.run(
-            place.connector_thread, "load", len(names), nbytes / self.tp)
+            place.connector_thread, "load", chunks, nbytes / self.tp)
         yield from self._move_ranks(place, nbytes, load.num_blocks, "load", names)
         self.stats.loads += 1
         self.stats.load_bytes += nbytes
@@ -289,28 +299,32 @@ class KVPaths:
         else:
             raise ValueError(f"KV system {kind!r} has no external tier")
 
-    def _kernel_or_memcpy(self, place: GPUPlace, flows_links: list[tuple[float, list[Link]]], nblocks: int,
+    def _kernel_or_memcpy(self, flows: list[tuple[float, Path]], nblocks: int,
                           direction: str, pool_is_cxl: bool, latency_s: float):
         launch, coherence = self._gpu_copy_fixed(nblocks, direction, pool_is_cxl)
         self.stats.breakdown["launch"] += launch
         self.stats.breakdown["coherence"] += coherence
-        extra = []
-        if self.kv.copy_method == "gather-kernel":
-            extra = [place.kernel_link_store if direction == "store" else place.kernel_link_load]
         yield self.env.timeout(launch + latency_s)
-        yield self.env.all_of([self.fabric.flow(b, links + extra) for b, links in flows_links])
+        yield self.fabric.transfer(flows)
         if coherence:
             yield self.env.timeout(coherence)
 
+    def _gpu_path(self, place: GPUPlace, direction: str, *names: str) -> Path:
+        """A GPU-side path: the named links, then (gather kernel) the GPU's copy-kernel link."""
+        links = self._links(*names)
+        if self.kv.copy_method == "gather-kernel":
+            links.append(place.kernel_link_store if direction == "store" else place.kernel_link_load)
+        return Path.of(links)
+
     def _gpu_host_copy(self, place: GPUPlace, nbytes: float, nblocks: int, direction: str, pool_is_cxl: bool):
         s, g, k, sock = place.server, place.gpu, place.pcie_switch, place.socket
-        links = self._paths.get((s, g, k, sock, direction))
-        if links is None:  # built once per place and direction
-            links = self._paths[(s, g, k, sock, direction)] = self._links(
-                f"s{s}.gpu{g}.{direction}", f"s{s}.psw{k}.{direction}", f"s{s}.dram{sock}")
+        path = self._paths.get((s, g, k, sock, direction))
+        if path is None:  # built once per place and direction
+            path = self._paths[(s, g, k, sock, direction)] = self._gpu_path(
+                place, direction, f"s{s}.gpu{g}.{direction}", f"s{s}.psw{k}.{direction}", f"s{s}.dram{sock}")
         hw = self.sc.hardware
         latency = hw.host.dram_latency_ns * 1e-9 + hw.pcie_switch.hop_latency_us * 1e-6
-        yield from self._kernel_or_memcpy(place, [(nbytes, links)], nblocks, direction, pool_is_cxl, latency)
+        yield from self._kernel_or_memcpy([(nbytes, path)], nblocks, direction, pool_is_cxl, latency)
 
     def _cxl_copy(self, place: GPUPlace, nbytes: float, nblocks: int, direction: str, keys: list[int]):
         s, g, k, sock = place.server, place.gpu, place.pcie_switch, place.socket
@@ -334,10 +348,11 @@ class KVPaths:
         flows = []
         paths = self._paths
         for a, b, dev in shares:
-            links = paths.get((s, g, k, direction, a, dev))
-            if links is None:  # built once per place, direction, adapter and device
+            path = paths.get((s, g, k, direction, a, dev))
+            if path is None:  # built once per place, direction, adapter and device
                 a_sock = a % sockets
-                links = paths[(s, g, k, direction, a, dev)] = self._links(
+                path = paths[(s, g, k, direction, a, dev)] = self._gpu_path(
+                    place, direction,
                     f"s{s}.gpu{g}.{direction}",
                     f"s{s}.psw{k}.{direction}",
                     f"s{s}.rc{a_sock}.p2p.{direction}",
@@ -346,9 +361,9 @@ class KVPaths:
                     f"cxlsw.{direction}",
                     dev,
                 )
-            flows.append((b, links))
+            flows.append((b, path))
         latency = hw.cxl_switch.access_latency_ns * 1e-9
-        yield from self._kernel_or_memcpy(place, flows, nblocks, direction, True, latency)
+        yield from self._kernel_or_memcpy(flows, nblocks, direction, True, latency)
 
     def _home_server(self, keys: list[int]) -> int:
         # Mooncake places each object on a pool server by its key; a batch follows its first key.
@@ -368,11 +383,12 @@ class KVPaths:
         per_block = nbytes / nblocks if nblocks else 0.0
         home = self._home_server(keys)
         s = place.server
-        net_links = (
-            self._links(f"s{s}.dram{place.socket}", f"s{s}.nics.tx", f"s{home}.nics.rx", f"s{home}.dram0")
-            if direction == "store"
-            else self._links(f"s{home}.dram0", f"s{home}.nics.tx", f"s{s}.nics.rx", f"s{s}.dram{place.socket}")
-        )
+        net = self._paths.get(("net", s, place.socket, home, direction))
+        if net is None:  # built once per server, socket, home server and direction
+            net = self._paths[("net", s, place.socket, home, direction)] = Path.of(
+                self._links(f"s{s}.dram{place.socket}", f"s{s}.nics.tx", f"s{home}.nics.rx", f"s{home}.dram0")
+                if direction == "store"
+                else self._links(f"s{home}.dram0", f"s{home}.nics.tx", f"s{s}.nics.rx", f"s{s}.dram{place.socket}"))
         net_latency = (nic.latency_us + hw.network_switch.latency_us) * 1e-6
 
         def network(unit: int):
@@ -386,8 +402,12 @@ class KVPaths:
             self.stats.breakdown["cpu"] += cpu
             with place.poller.request() as req:
                 yield req
-                # the thread posts, then polls until the NIC reports completion
-                yield self.env.all_of([self.env.timeout(cpu), self.fabric.flow(b, net_links)])
+                # the thread posts, then polls until the NIC reports completion: both the
+                # posting CPU time and the wire (one event each, no third to join them)
+                posted = self.env.timeout(cpu)
+                yield self.fabric.transfer([(b, net)])
+                if not posted.processed:
+                    yield posted
                 yield self.env.timeout(net_latency)
 
         def staging(unit: int):
