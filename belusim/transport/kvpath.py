@@ -158,11 +158,13 @@ class KVPaths:
             f.add_link("cxl.devices", hw.cxl_memory.bandwidth_gbps * cl.cxl_devices)
             for d in range(cl.cxl_devices):
                 f.add_link(f"cxl.dev{d}", hw.cxl_memory.bandwidth_gbps)
+        self._chunk_blocks = max(1, kv.chunk_tokens // scenario.engine.block_size)  # engine blocks per tier chunk
         self._chunk_device: dict[int, int] = {}
         # where a chunk lives depends on its key (a device, a home server): loads name theirs
         self._places_by_key = kv.kind == "rdma-pool" or (kv.kind == "cxl-pool" and not kv.interleave)
         self._chunks_placed = 0
-        rpc = hw.cxl_rpc if self._rpc_kind() == "cxl-slots" else hw.rdma_rpc
+        self.rpc_kind = self._rpc_kind()
+        rpc = hw.cxl_rpc if self.rpc_kind == "cxl-slots" else hw.rdma_rpc
         self.rpc = RPCServer(rpc.rtt_us * 1e-6, 1.0 / (rpc.server_mops * 1e6))
 
     # -- helpers -------------------------------------------------------------------------
@@ -177,7 +179,7 @@ class KVPaths:
         sw = self.stages.lookup_time(chunks) if chunks else 0.0
         self.stats.breakdown["lookup"] = self.stats.breakdown.get("lookup", 0.0) + sw
         self.last_lookup = (sw, 0.0)
-        if lookups == 0 or self._rpc_kind() == "none":
+        if lookups == 0 or self.rpc_kind == "none":
             return sw
         calls = max(lookups, math.ceil(keys / self.kv.rpc_keys_per_call))
         self.stats.rpc_calls += calls
@@ -199,9 +201,6 @@ class KVPaths:
             self._chunks_placed += 1
         return dev
 
-    @property
-    def _chunk_blocks(self) -> int:
-        return max(1, self.kv.chunk_tokens // self.sc.engine.block_size)
 
     def _chunk_names(self, load: Load) -> list[int]:
         """The chunks (named by their last block's key, as saved) that a load reads from:
@@ -260,7 +259,7 @@ class KVPaths:
         save.thread_wait_s, save.software_s = yield from self.stages.run(
             place.connector_thread, "save", len(save.keys), nbytes / self.tp)
         yield from self._move_ranks(place, nbytes, nblocks, "store", save.keys)
-        if self._rpc_kind() != "none":
+        if self.rpc_kind != "none":
             calls = max(1, math.ceil(len(save.keys) / self.kv.rpc_keys_per_call))
             self.stats.rpc_calls += calls
             t = self.rpc.call(self.env.now, calls)
@@ -327,43 +326,48 @@ class KVPaths:
         yield from self._kernel_or_memcpy([(nbytes, path)], nblocks, direction, pool_is_cxl, latency)
 
     def _cxl_copy(self, place: GPUPlace, nbytes: float, nblocks: int, direction: str, keys: list[int]):
-        s, g, k, sock = place.server, place.gpu, place.pcie_switch, place.socket
         cl, hw = self.sc.cluster, self.sc.hardware
         if cl.cxl_adapters_per_server == 0 or cl.cxl_devices == 0:
             raise ValueError("a cxl-pool system needs cxl_adapters_per_server > 0 and cxl_devices > 0")
-        sockets = hw.host.sockets
         if self.kv.interleave:
-            adapters = list(range(cl.cxl_adapters_per_server))
-            shares = [(a, nbytes / len(adapters), "cxl.devices") for a in adapters]
+            # an even split over every adapter, onto all devices as one
+            spread = self._paths.get(("interleaved", place.name, direction))
+            if spread is None:  # built once per place and direction
+                spread = self._paths[("interleaved", place.name, direction)] = [
+                    self._cxl_path(place, direction, a, "cxl.devices") for a in range(cl.cxl_adapters_per_server)]
+            b = nbytes / len(spread)
+            flows = [(b, path) for path in spread]
         else:
             # the socket-local adapter; each chunk lives on one device
-            a = next((a for a in range(cl.cxl_adapters_per_server) if a % sockets == sock), 0)
+            sockets = hw.host.sockets
+            a = next((a for a in range(cl.cxl_adapters_per_server) if a % sockets == place.socket), 0)
             per_dev: dict[int, float] = {}
             chunk_bytes = self.block_bytes * self._chunk_blocks
             for key in keys or [0]:
                 d = self._cxl_device_for(key)
                 per_dev[d] = per_dev.get(d, 0.0) + chunk_bytes
             scale = nbytes / sum(per_dev.values())
-            shares = [(a, b * scale, f"cxl.dev{d}") for d, b in per_dev.items()]
-        flows = []
-        paths = self._paths
-        for a, b, dev in shares:
-            path = paths.get((s, g, k, direction, a, dev))
-            if path is None:  # built once per place, direction, adapter and device
-                a_sock = a % sockets
-                path = paths[(s, g, k, direction, a, dev)] = self._gpu_path(
-                    place, direction,
-                    f"s{s}.gpu{g}.{direction}",
-                    f"s{s}.psw{k}.{direction}",
-                    f"s{s}.rc{a_sock}.p2p.{direction}",
-                    f"s{s}.psw{k}.adp{a}.{direction}",
-                    f"s{s}.adp{a}.{direction}",
-                    f"cxlsw.{direction}",
-                    dev,
-                )
-            flows.append((b, path))
+            flows = [(b * scale, self._cxl_path(place, direction, a, f"cxl.dev{d}")) for d, b in per_dev.items()]
         latency = hw.cxl_switch.access_latency_ns * 1e-9
         yield from self._kernel_or_memcpy(flows, nblocks, direction, True, latency)
+
+    def _cxl_path(self, place: GPUPlace, direction: str, a: int, dev: str) -> Path:
+        """GPU -> PCIe switch -> Root Complex P2P -> adapter a -> CXL switch -> dev (a link name)."""
+        s, g, k = place.server, place.gpu, place.pcie_switch
+        path = self._paths.get((s, g, k, direction, a, dev))
+        if path is None:  # built once per place, direction, adapter and device
+            a_sock = a % self.sc.hardware.host.sockets
+            path = self._paths[(s, g, k, direction, a, dev)] = self._gpu_path(
+                place, direction,
+                f"s{s}.gpu{g}.{direction}",
+                f"s{s}.psw{k}.{direction}",
+                f"s{s}.rc{a_sock}.p2p.{direction}",
+                f"s{s}.psw{k}.adp{a}.{direction}",
+                f"s{s}.adp{a}.{direction}",
+                f"cxlsw.{direction}",
+                dev,
+            )
+        return path
 
     def _home_server(self, keys: list[int]) -> int:
         # Mooncake places each object on a pool server by its key; a batch follows its first key.
