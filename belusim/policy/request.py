@@ -102,7 +102,7 @@ class Request:
         self.saves_in_flight = 0
         self.on_saved = None  # callback(request) when its last save lands (disaggregation)
         self.handed_off = False  # moved from a prefill instance to a decode instance
-        self.blocked_at = None  # the HBM pool's state when admission last failed (see Scheduler._block)
+        self.blocked_at = None  # (free blocks, blocks needed) when admission last failed (Scheduler._block)
         self.ttft_parts = [0.0] * len(TTFT_PARTS)  # filled by the executor, see TTFT_PARTS
         self.ttft_mark = arrival  # time up to which ttft_parts account for it
 

@@ -103,6 +103,7 @@ class Scheduler:
         self.running: list[Request] = []
         self.loading = 0
         self.outstanding_tokens = 0  # router's load signal: prompt + output tokens not yet done
+        self._failed_need = 0  # blocks the last failed lookup needed (see _block)
 
     # -- intake ------------------------------------------------------------------------
     def can_ever_fit(self, req: Request) -> bool:
@@ -192,7 +193,7 @@ class Scheduler:
             need = blocks_for(req.num_computed + n, bs) - req.blocks_held
             if need > pool.free:
                 # its hits are taken (a finished load, say): only more free blocks let it in
-                req.blocked_at = pool.free
+                req.blocked_at = (pool.free, need)
                 break
             req.blocked_at = None
             self.waiting.popleft()
@@ -254,6 +255,7 @@ class Scheduler:
         first = 0 if (ext and self.load_mode == "async") else min(req.known_tokens - computed, self.budget)
         need = blocks_for(computed + first, bs) - hbm
         free = pool.free
+        self._failed_need = need  # if it fails, kept by _block
         if need > free:
             return False  # even if every hit were held by others
         # hits nobody holds cost a free block each; count them only if that can decide
@@ -281,12 +283,13 @@ class Scheduler:
 
     def _block(self, req: Request) -> None:
         """Its admission failed. It is asked again only once something that could change
-        the answer happened: free blocks grew, this instance evicted one of its cached hits
-        or cached the block after them, or the tier stored the chunk after its matched
-        prefix or evicted one of its matched chunks (both indexes watch for those, see
+        the answer happened: free blocks grew to more than they were and at least to the
+        blocks its hit and first chunk need, this instance evicted one of its cached hits or
+        cached the block after them, or the tier stored the chunk after its matched prefix
+        or evicted one of its matched chunks (both indexes watch for those, see
         BlockPool.watch and TierIndex.watch). vLLM asks again every step; an unchanged
         answer costs the model nothing."""
-        req.blocked_at = self.pool.free
+        req.blocked_at = (self.pool.free, self._failed_need)
         self.pool.watch(req, req.probe[0])
         if self.tier is not None:
             self.tier.watch(req, req.probe[1] // self.tier.chunk_blocks)
@@ -299,11 +302,19 @@ class Scheduler:
                 self.tier.unwatch(req)
 
     def _still_blocked(self, req: Request) -> bool:
-        """Would its admission fail again? Yes unless free blocks grew or a watch woke it.
-        Fewer free blocks, or hits taken by others (which take as many free blocks), cannot
-        let it in."""
-        return (self.pool.free <= req.blocked_at and self.pool.watching(req)
-                and (self.tier is None or self.tier.watching(req)))
+        """Would its admission fail again? While both watches hold, its hits and its need
+        are what they were, and it fits exactly when its need plus its hits nobody holds
+        (taking those costs free blocks) are free: fewer free blocks, or hits taken or
+        given back by others (free blocks move with them), cannot let it in."""
+        pool, tier = self.pool, self.tier
+        if not pool.watching(req) or (tier is not None and not tier.watching(req)):
+            return False
+        free_then, need = req.blocked_at
+        free = pool.free
+        if free <= free_then or need > free:
+            return True
+        hbm = req.probe[0]
+        return need + hbm > free and need + pool.count_unreferenced(req.keys, hbm) > free
 
     def admission_stalled(self) -> bool:
         """Would the next step admit nothing unless something changes? True when every
