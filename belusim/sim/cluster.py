@@ -429,7 +429,7 @@ def simulate(scenario: Scenario, system: SystemConfig, recorder: Recorder, progr
     cluster.drain()
     checks = cluster.check()
     sim_s = cluster.end_time
-    summaries = [summarize(recorder.rows, system.name, p.name, recorder.itl.get((system.name, p.name)), goodput)
+    summaries = [summarize(recorder.rows, system.name, p.name, recorder.gaps_view(system.name, p.name), goodput)
                  for p in scenario.run.phases]
     st = cluster.paths.stats
     transfers = {
