@@ -79,7 +79,7 @@ class Fabric:
         self.links: dict[str, Link] = {}
         self._active: list[Flow] = []
         self._last_update = 0.0
-        self._generation = 0
+        self._timer: simpy.Event | None = None  # the pending timer; older ones are stale
         self._rates_seen: dict[tuple, list[float]] = {}  # rates by flows in flight; see _assign_rates
         self.bytes_requested = 0.0  # asked of flow()
         self.bytes_delivered = 0.0  # the sizes of the flows that finished
@@ -179,12 +179,14 @@ class Fabric:
         self._last_update = now
         if dt <= 0:
             return
+        total = self.bytes_moved
         for f in self._active:
             moved = f.rate * dt
             f.remaining -= moved
-            self.bytes_moved += moved
+            total += moved
             for link in f.links:
                 link.bytes_carried += moved
+        self.bytes_moved = total
         if not self.record_series:
             return
         t0 = now - dt
@@ -242,14 +244,16 @@ class Fabric:
         if not self._active:
             return
         # Next event: the earliest completion at the new rates.
-        dt = min(f.remaining / f.rate for f in self._active)
-        self._generation += 1
-        gen = self._generation
-        ev = self.env.timeout(max(dt, 0.0))
-        ev.callbacks.append(lambda _e, gen=gen: self._on_timer(gen))
+        dt = math.inf
+        for f in self._active:
+            t = f.remaining / f.rate
+            if t < dt:
+                dt = t
+        ev = self._timer = self.env.timeout(max(dt, 0.0))
+        ev.callbacks.append(self._on_timer)
 
-    def _on_timer(self, gen: int) -> None:
-        if gen != self._generation:
+    def _on_timer(self, ev: simpy.Event) -> None:
+        if ev is not self._timer:
             return  # a later start or finish already rescheduled
         self._advance()
         self._reschedule()
@@ -258,7 +262,8 @@ class Fabric:
         now = self.env.now
         keep = []
         for f in self._active:
-            if f.remaining <= _EPS_BYTES or (f.rate > 0 and f.remaining / f.rate < 1e-12):
+            rem = f.remaining
+            if rem <= _EPS_BYTES or (f.rate > 0 and rem / f.rate < 1e-12):
                 for link in f.links:
                     link.bytes_carried += f.remaining
                 for link in f.uniq:
