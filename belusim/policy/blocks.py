@@ -281,14 +281,22 @@ class BlockPool:
             node.parent = None
             node = parent
 
-    def promote(self, keys, first: int, end: int) -> list[tuple[int, int]]:
+    def promote(self, keys, first: int, end: int, owner=None) -> list[tuple[int, int]]:
         """Private blocks keys[first:end] became full: cache them, held by their request.
         Returns the runs cached; a key already cached by someone else stays private, as in
-        vLLM."""
+        vLLM. owner: the request (its pool_hint, the run its last promotion reached, lets
+        the walk skip the runs above, which lie wholly on its path before `first`)."""
         if not self.caching or first >= end:
             return []
         new: list[tuple[int, int]] = []
         parent, d = self.root, 0
+        hint = owner.pool_hint if owner is not None else None
+        if hint is not None and hint[0] is self:  # (pool, node): a handed-off request's is another pool's
+            hint = hint[1]
+            hp, hd = hint.parent, hint.depth
+            if (hp is not None and hd <= first and keys[hd] == hint.keys[0]
+                    and hp.children.get(hint.keys[0]) is hint):
+                parent, d = hp, hd
         while d < end:
             child = parent.children.get(keys[d])
             if child is None:
@@ -300,6 +308,8 @@ class BlockPool:
                 run = Node(keys[d:end], d, parent, ref=1, cached=True)
                 parent.children[keys[d]] = run
                 new.append((d, end))
+                if owner is not None:
+                    owner.pool_hint = (self, run)
                 break
             n = len(child.keys)
             m = common_prefix_len(child.keys, keys, d, min(n, end - d))
@@ -315,6 +325,8 @@ class BlockPool:
                 else:
                     new.append((lo, d + m))
             parent, d = child, d + m
+            if owner is not None:
+                owner.pool_hint = (self, child)
         got = sum(e - s for s, e in new)
         self.cached += got
         self.promotions += got

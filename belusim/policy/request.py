@@ -62,6 +62,8 @@ class Request:
         "on_saved",
         "handed_off",
         "blocked_at",
+        "tier_hint",
+        "pool_hint",
         "ttft_parts",
         "ttft_mark",
     )
@@ -102,6 +104,8 @@ class Request:
         self.saves_in_flight = 0
         self.on_saved = None  # callback(request) when its last save lands (disaggregation)
         self.handed_off = False  # moved from a prefill instance to a decode instance
+        self.tier_hint = None  # the last tier / HBM index run its walks reached (a shortcut only)
+        self.pool_hint = None
         self.blocked_at = None  # (free blocks, blocks needed) when admission last failed (Scheduler._block)
         self.ttft_parts = [0.0] * len(TTFT_PARTS)  # filled by the executor, see TTFT_PARTS
         self.ttft_mark = arrival  # time up to which ttft_parts account for it

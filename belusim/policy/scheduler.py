@@ -344,7 +344,7 @@ class Scheduler:
 
     def _promote(self, req: Request, first: int, end: int) -> None:
         """Prompt blocks [first, end) now hold computed KV: cache them."""
-        new = self.pool.promote(req.keys, first, end)
+        new = self.pool.promote(req.keys, first, end, req)
         if new:
             n = sum(b - a for a, b in new)
             req.runs.extend(new)
@@ -409,12 +409,12 @@ class Scheduler:
         upto_chunk = full_blocks // tier.chunk_blocks
         if upto_chunk <= req.saved_chunks:
             return None
-        idx = tier.wanted(req.keys, full_blocks, req.saved_chunks)
+        idx = tier.wanted(req.keys, full_blocks, req.saved_chunks, req)
         req.saved_chunks = upto_chunk
         if not idx:
             return None
         keys = tier.chunk_names(req.keys, idx)
-        tier.begin_save(req.keys, idx)
+        tier.begin_save(req.keys, idx, req)
         req.saves_in_flight += 1
         return Save(req, idx, keys)
 

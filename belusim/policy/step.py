@@ -117,7 +117,7 @@ def save_landed(sched: Scheduler, save: Save, on_evicted, wake, on_woken=None) -
     blocks (the head may fit now); then the request's on_saved callback runs once its last
     save landed."""
     tier = sched.tier
-    evicted = tier.end_save(save.request.keys, save.chunk_indexes)
+    evicted = tier.end_save(save.request.keys, save.chunk_indexes, save.request)
     on_evicted(evicted)
     woken = tier.take_woken()
     if woken and on_woken is not None:

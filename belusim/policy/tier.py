@@ -135,9 +135,24 @@ class TierIndex:
             out += block_keys[(a + 1) * c - 1:b * c:c]
         return out
 
-    def _walk(self, names, end: int):
+    def _start(self, names, owner, target: int):
+        """Where a walk along `names` toward chunk `target` may begin: (parent, depth) of the
+        node `owner` last walked to (its tier_hint), if that node is still in the tree, on
+        this path (a chain key names its whole prefix) and at or above `target`; else the
+        root. The runs above it lie wholly on the path before `target`: no walk below
+        changes or reports them."""
+        hint = owner.tier_hint if owner is not None else None
+        if hint is not None and hint[0] is self:  # (tier, node): one server's DRAM is not another's
+            hint = hint[1]
+            parent, d = hint.parent, hint.depth
+            if (parent is not None and d <= target and d < len(names) and names[d] == hint.keys[0]
+                    and parent.children.get(hint.keys[0]) is hint):
+                return parent, d
+        return self.root, 0
+
+    def _walk(self, names, end: int, start=None):
         """Nodes along names[:end], all in the tree with a node boundary at `end`; yields them."""
-        node, d = self.root, 0
+        node, d = start or (self.root, 0)
         while d < end:
             node = node.children[names[d]]
             yield node
@@ -251,14 +266,15 @@ class TierIndex:
         for req in hit:
             self._wake(req)
 
-    def wanted(self, block_keys: list[int], upto_blocks: int, from_chunk: int) -> list[int]:
-        """Chunk indexes in [from_chunk, upto_blocks // chunk) that are neither stored nor pending."""
+    def wanted(self, block_keys: list[int], upto_blocks: int, from_chunk: int, owner=None) -> list[int]:
+        """Chunk indexes in [from_chunk, upto_blocks // chunk) that are neither stored nor
+        pending. owner: the request whose keys these are (its tier_hint speeds the walk)."""
         end = upto_blocks // self.chunk_blocks
         if from_chunk >= end:
             return []
         names = self.names(block_keys, upto_blocks)
         out: list[int] = []
-        node, d = self.root, 0
+        node, d = self._start(names, owner, from_chunk)
         while d < end:
             child = node.children.get(names[d])
             if child is None:
@@ -274,17 +290,17 @@ class TierIndex:
             node, d = child, d + m
         return out
 
-    def begin_save(self, block_keys, chunk_indexes: list[int]) -> None:
+    def begin_save(self, block_keys, chunk_indexes: list[int], owner=None) -> None:
         """These chunks (none stored or pending) are being written: pending until end_save."""
         if not chunk_indexes:
             return
         names = self.names(block_keys, (chunk_indexes[-1] + 1) * self.chunk_blocks)
         for a, b in _ranges(chunk_indexes):
-            self._mark_pending(names, a, b)
+            self._mark_pending(names, a, b, owner)
         self.pending_chunks += len(chunk_indexes)
 
-    def _mark_pending(self, names, first: int, end: int) -> None:
-        parent, d = self.root, 0
+    def _mark_pending(self, names, first: int, end: int, owner=None) -> None:
+        parent, d = self._start(names, owner, first)
         while d < end:
             child = parent.children.get(names[d])
             if child is None:
@@ -305,8 +321,10 @@ class TierIndex:
                     child = _split(child, first - d, keep_bottom=False)
                 child.state = PENDING
             parent, d = child, d + m
+            if owner is not None:
+                owner.tier_hint = (self, child)
 
-    def end_save(self, block_keys, chunk_indexes: list[int]) -> list[int]:
+    def end_save(self, block_keys, chunk_indexes: list[int], owner=None) -> list[int]:
         """Store the chunks (at the young end, in prompt order); returns the chunk names
         evicted to make room, oldest first."""
         if not chunk_indexes:
@@ -315,7 +333,7 @@ class TierIndex:
         head = self._lru
         ranges = list(_ranges(chunk_indexes))
         for a, b in ranges:
-            for node in self._walk(names, b):
+            for node in self._walk(names, b, self._start(names, owner, a)):
                 if node.depth >= a:
                     if node.state != PENDING:
                         raise AssertionError(f"tier {self.name}: a save ended that never began")
