@@ -125,7 +125,6 @@ class Fabric:
             return
         self._advance()
         link.capacity = bytes_per_s
-        self._rates_seen.clear()  # remembered rates assumed the old capacity
         self._reschedule()
 
     # -- flows ----------------------------------------------------------------------

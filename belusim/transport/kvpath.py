@@ -201,7 +201,6 @@ class KVPaths:
             self._chunks_placed += 1
         return dev
 
-
     def _chunk_names(self, load: Load) -> list[int]:
         """The chunks (named by their last block's key, as saved) that a load reads from:
         keys[min(len, (i + 1) x c) - 1] for each chunk i it touches."""
