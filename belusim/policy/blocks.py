@@ -94,6 +94,21 @@ def common_prefix_len(a: list, b, start: int, n: int) -> int:
     return lo
 
 
+def walk_start(index, root, hint, names, target: int):
+    """Where a walk down `names` toward depth `target` may begin: (parent, depth) of `hint`,
+    the (index, run) a request's last walk reached, if that run is still in this index's
+    tree, on this path (a chain key names its whole prefix) and at or above `target`; else
+    (root, 0). The runs above it lie wholly on the path before `target`, so a walk that
+    changes or reports nothing above `target` may skip them."""
+    if hint is not None and hint[0] is index:
+        node = hint[1]
+        parent, d = node.parent, node.depth
+        if (parent is not None and d <= target and d < len(names) and names[d] == node.keys[0]
+                and parent.children.get(node.keys[0]) is node):
+            return parent, d
+    return root, 0
+
+
 class BlockPool:
     def __init__(self, num_blocks: int, caching: bool = True):
         if num_blocks <= 0:
@@ -289,14 +304,7 @@ class BlockPool:
         if not self.caching or first >= end:
             return []
         new: list[tuple[int, int]] = []
-        parent, d = self.root, 0
-        hint = owner.pool_hint if owner is not None else None
-        if hint is not None and hint[0] is self:  # (pool, node): a handed-off request's is another pool's
-            hint = hint[1]
-            hp, hd = hint.parent, hint.depth
-            if (hp is not None and hd <= first and keys[hd] == hint.keys[0]
-                    and hp.children.get(hint.keys[0]) is hint):
-                parent, d = hp, hd
+        parent, d = walk_start(self, self.root, owner.pool_hint if owner is not None else None, keys, first)
         while d < end:
             child = parent.children.get(keys[d])
             if child is None:

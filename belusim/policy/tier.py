@@ -20,7 +20,7 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from itertools import chain
 
-from belusim.policy.blocks import common_prefix_len
+from belusim.policy.blocks import common_prefix_len, walk_start
 
 GONE, PENDING, STORED = 0, 1, 2
 
@@ -136,19 +136,9 @@ class TierIndex:
         return out
 
     def _start(self, names, owner, target: int):
-        """Where a walk along `names` toward chunk `target` may begin: (parent, depth) of the
-        node `owner` last walked to (its tier_hint), if that node is still in the tree, on
-        this path (a chain key names its whole prefix) and at or above `target`; else the
-        root. The runs above it lie wholly on the path before `target`: no walk below
-        changes or reports them."""
-        hint = owner.tier_hint if owner is not None else None
-        if hint is not None and hint[0] is self:  # (tier, node): one server's DRAM is not another's
-            hint = hint[1]
-            parent, d = hint.parent, hint.depth
-            if (parent is not None and d <= target and d < len(names) and names[d] == hint.keys[0]
-                    and parent.children.get(hint.keys[0]) is hint):
-                return parent, d
-        return self.root, 0
+        """Where a walk toward chunk `target` may begin (blocks.walk_start, from the run the
+        owner's last walk reached: its tier_hint)."""
+        return walk_start(self, self.root, owner.tier_hint if owner is not None else None, names, target)
 
     def _walk(self, names, end: int, start=None):
         """Nodes along names[:end], all in the tree with a node boundary at `end`; yields them."""
