@@ -90,7 +90,11 @@ def itl_samples(step_ends: list[float], req: Request) -> np.ndarray | None:
     ends = step_ends[hi - n:hi]
     if ends[0] <= req.first_token:
         return None
-    return np.diff(np.array([req.first_token, *ends]))
+    ends = np.frombuffer(ends, dtype=np.float64) if isinstance(ends, array) else np.asarray(ends, dtype=np.float64)
+    gaps = np.empty(n)
+    gaps[0] = ends[0] - req.first_token
+    np.subtract(ends[1:], ends[:-1], out=gaps[1:])
+    return gaps
 
 
 # How each record column is kept (see Records): text as codes into a table of its values,
