@@ -166,6 +166,11 @@ def refit_cmd(
     except _config_error_types() as e:
         _fail(str(e))
         return
+    _show_profile(prof, out)
+
+
+def _show_profile(prof: dict, out: Path | None) -> None:
+    """A profile's fitted parameters as a table, and where it was written (if it was)."""
     console = Console()
     console.print(summary_table(prof, width=console.width))
     if out:
@@ -197,9 +202,7 @@ def add_copy_bench_cmd(
     except _config_error_types() as e:
         _fail(str(e))
         return
-    console = Console()
-    console.print(summary_table(prof, width=console.width))
-    console.print(f"wrote {out}")
+    _show_profile(prof, out)
 
 
 @calibrate_app.command("paper")

@@ -103,7 +103,6 @@ class Scheduler:
         self.running: list[Request] = []
         self.loading = 0
         self.outstanding_tokens = 0  # router's load signal: prompt + output tokens not yet done
-        self._failed_need = 0  # blocks the last failed lookup needed (see _block)
 
     # -- intake ------------------------------------------------------------------------
     def can_ever_fit(self, req: Request) -> bool:
@@ -183,8 +182,7 @@ class Scheduler:
                 if req.blocked_at is not None and self._still_blocked(req):
                     break  # nothing that could let it in has changed since it last failed
                 if not self._lookup(req, plan):
-                    self._block(req)
-                    break  # its hit and first chunk do not fit yet
+                    break  # its hit and first chunk do not fit yet (_lookup blocked it)
                 self._unblock(req)
                 if req.state is State.LOADING:  # an async load started; others may still fit
                     skipped.append(self.waiting.popleft())
@@ -227,7 +225,7 @@ class Scheduler:
     def _lookup(self, req: Request, plan: StepPlan) -> bool:
         """Resolve prefix hits at (re)admission: HBM first, then the tier. Takes the hit
         blocks (and, for a load, the blocks it fills) only if they and the first chunk fit;
-        returns False, holding nothing, if they do not."""
+        returns False, holding nothing and blocked (see _block), if they do not."""
         pool, bs = self.pool, self.bs
         # At least one prompt token is always computed, so the last full block may not count.
         limit = min((req.known_tokens - 1) // bs, len(req.keys))
@@ -255,11 +253,10 @@ class Scheduler:
         first = 0 if (ext and self.load_mode == "async") else min(req.known_tokens - computed, self.budget)
         need = blocks_for(computed + first, bs) - hbm
         free = pool.free
-        self._failed_need = need  # if it fails, kept by _block
-        if need > free:
-            return False  # even if every hit were held by others
-        # hits nobody holds cost a free block each; count them only if that can decide
-        if need + hbm > free and need + pool.count_unreferenced(req.keys, hbm) > free:
+        # need > free fails even if every hit were held by others; hits nobody holds cost a
+        # free block each, so count them only if that can decide
+        if need > free or (need + hbm > free and need + pool.count_unreferenced(req.keys, hbm) > free):
+            self._block(req, need)
             return False
         req.runs = pool.acquire_cached(req.keys, hbm)
         req.cached_blocks = hbm
@@ -281,7 +278,7 @@ class Scheduler:
                 self.loading += 1
         return True
 
-    def _block(self, req: Request) -> None:
+    def _block(self, req: Request, need: int) -> None:
         """Its admission failed. It is asked again only once something that could change
         the answer happened: free blocks grew to more than they were and at least to the
         blocks its hit and first chunk need, this instance evicted one of its cached hits or
@@ -289,7 +286,7 @@ class Scheduler:
         or evicted one of its matched chunks (both indexes watch for those, see
         BlockPool.watch and TierIndex.watch). vLLM asks again every step; an unchanged
         answer costs the model nothing."""
-        req.blocked_at = (self.pool.free, self._failed_need)
+        req.blocked_at = (self.pool.free, need)
         self.pool.watch(req, req.probe[0])
         if self.tier is not None:
             self.tier.watch(req, req.probe[1] // self.tier.chunk_blocks)
