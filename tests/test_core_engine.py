@@ -401,3 +401,38 @@ def test_coalesced_decode_is_exact_with_copy_rate_beside_compute():
         times.append({(r[COL["phase"]], r[COL["req_id"]]): r[COL["finish_s"]] for r in rec.rows})
     for key, fin in times[0].items():
         assert times[1][key] == pytest.approx(fin, rel=1e-9, abs=0), key
+
+
+def test_stretch_clock_answers_as_a_bisection_and_appends_the_same_floats():
+    """The decode stretch's clock: covering() is the bisection's answer whatever its
+    quadratic guess, and append_ends() gives exactly the floats of elapsed() one by one."""
+    import random
+    from array import array
+
+    from belusim.sim.engine import _StretchClock
+
+    def bisect_covering(elapsed, t, k):
+        lo, hi = 1, k
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if elapsed(mid) >= t:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    rng = random.Random(7)
+    for _ in range(3000):
+        clock = _StretchClock(rng.choice([0.0, rng.uniform(1e-4, 5e-2)]), rng.choice([0.0, rng.uniform(1e-10, 1e-7)]),
+                              rng.randrange(0, 10**6), rng.randrange(1, 512))
+        k = rng.randrange(1, 5000)
+        # times at, just around and between step ends, before the first and after the last
+        m = rng.randrange(1, k + 1)
+        for t in (clock.elapsed(m), clock.elapsed(m) * (1 + 1e-15), clock.elapsed(m) * (1 - 1e-15),
+                  rng.uniform(0, clock.elapsed(k) * 1.2 + 1e-9), -1.0, 0.0):
+            assert clock.covering(t, k) == bisect_covering(clock.elapsed, t, k)
+        n = rng.choice([0, 5, 31, 32, 200])
+        start = rng.uniform(0, 1e4)
+        got = array("d")
+        clock.append_ends(got, start, n)
+        assert list(got) == [start + clock.elapsed(i) for i in range(1, n + 1)]

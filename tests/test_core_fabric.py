@@ -138,6 +138,17 @@ def test_zero_byte_flow_completes_at_once_and_counts(env):
     assert f.bytes_requested == f.bytes_delivered == 0
 
 
+def test_a_crumb_of_a_flow_started_beside_a_long_one_lands_at_once(env):
+    """A flow of less than the fabric's done threshold lands when it starts, even while
+    another flow is far from landing (a start need not scan the others for finished ones)."""
+    f = Fabric(env)
+    f.add_link("L", 10)
+    done = _run(env, f, {"long": (0.0, 1e9, ["L"], math.inf), "crumb": (0.05, 1e-4, ["L"], math.inf)})
+    assert done["crumb"] == 0.05
+    assert done["long"] == pytest.approx(0.1, rel=1e-12)
+    assert f.flows_started == f.flows_finished == 2
+
+
 def test_many_staggered_flows_conserve_bytes(env):
     f = Fabric(env)
     f.add_link("A", 7)

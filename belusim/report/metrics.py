@@ -240,7 +240,9 @@ class Recorder:
         if itl is None and status == "finished" and req.num_output > 1:
             # Gaps unknown (preempted after its first token): each counts as the mean gap.
             itl = np.full(req.num_output - 1, tpot)
-        itl_mean = float(itl.mean()) if itl is not None and itl.size else math.nan
+        # sum / size is what ndarray.mean computes (the same pairwise sum, one division)
+        # without its per-call overhead
+        itl_mean = float(itl.sum()) / itl.size if itl is not None and itl.size else math.nan
         itl_max = float(itl.max()) if itl is not None and itl.size else math.nan
         row = (
             system, req.phase, req.req_id, req.instance, status, req.reject_reason, req.prompt_tokens,
@@ -255,7 +257,7 @@ class Recorder:
             gaps = self._itl.get((system, req.phase))
             if gaps is None:
                 gaps = self._itl[(system, req.phase)] = array("d")
-            gaps.extend(itl.tolist())
+            gaps.frombytes(np.ascontiguousarray(itl, dtype=np.float64).tobytes())
         if self._writer is not None:
             self._writer.writerow(["" if isinstance(v, float) and math.isnan(v) else v for v in row])
 

@@ -13,8 +13,10 @@ form. An arrival or a finished load cuts the stretch at the end of the step in p
 
 from __future__ import annotations
 
+import math
 from array import array
 
+import numpy as np
 import simpy
 from simpy.events import URGENT, Event
 
@@ -64,7 +66,7 @@ class Instance:
             self._kernel_rate = gpu.copy_kernel_gbps * 1e9
         self.tier_peers: dict[int, Instance] = {}  # instances sharing this one's tier, by index (set by the cluster)
         self._in_stretch = False
-        self._stretch = None  # (plan, start, elapsed, steps) of the decode stretch running
+        self._stretch = None  # (plan, start, _StretchClock, steps) of the decode stretch running
         self.process = env.process(self.run())
 
     def submit(self, req: Request) -> None:
@@ -235,12 +237,9 @@ class Instance:
 
     def _decode_stretch(self, plan, k: int):
         env = self.env
-        batch, c0 = len(plan.scheduled), plan.decode_context
-        a, b = self.compute.decode_run(batch, c0)
-
-        def elapsed(m: int) -> float:
-            return m * a + b * (m * c0 + batch * m * (m - 1) / 2)
-
+        clock = _StretchClock(*self.compute.decode_run(len(plan.scheduled), plan.decode_context),
+                              plan.decode_context, len(plan.scheduled))
+        elapsed = clock.elapsed
         self._wake = wake = env.event()
         self._in_stretch = True
         if plan.lookups:  # the first step starts with a failed lookup's stages and RPCs
@@ -248,10 +247,10 @@ class Instance:
             if wake.triggered:
                 k = 1  # something changed meanwhile: the step runs, then the scheduler looks again
         start = env.now
-        self._stretch = (plan, start, elapsed, k)
+        self._stretch = (plan, start, clock, k)
         kind = None
         if self._copy_beside is not None:
-            kind = self.compute.compute_bound(batch, 0.0, c0, batch)
+            kind = self.compute.compute_bound(len(plan.scheduled), 0.0, plan.decode_context, len(plan.scheduled))
             self._gpu_computes(kind)
         yield env.timeout(elapsed(k)) | wake
         self._in_stretch = False
@@ -261,13 +260,13 @@ class Instance:
         if wake.triggered and env.now - start < elapsed(k):
             # Finish the step in progress, then hand back to the scheduler.
             gone = env.now - start
-            steps = _steps_covering(elapsed, gone, k)
+            steps = clock.covering(gone, k)
             yield env.timeout(max(0.0, elapsed(steps) - gone))
         if kind is not None:
             self._gpu_computes(None)
         self.steps += steps
         self.step_events += 1
-        self.step_ends.extend([start + elapsed(m) for m in range(1, steps)])
+        clock.append_ends(self.step_ends, start, steps - 1)
         self.step_ends.append(env.now)
         return steps
 
@@ -275,10 +274,10 @@ class Instance:
     def _stretch_steps_done(self) -> int:
         """Steps of the running stretch that have ended by now (not its last one, whose
         end applies it)."""
-        plan, start, elapsed, k = self._stretch
+        plan, start, clock, k = self._stretch
         t = self.env.now - start
-        m = _steps_covering(elapsed, t, k)
-        if elapsed(m) > t:
+        m = clock.covering(t, k)
+        if clock.elapsed(m) > t:
             m -= 1
         return min(m, k - 1)
 
@@ -362,13 +361,55 @@ def _charge_load(parts: list[float], load: Load, seconds: float) -> None:
     parts[_WIRE] += seconds - load.thread_wait_s - load.software_s
 
 
-def _steps_covering(elapsed, t: float, k: int) -> int:
-    """The smallest m in [1, k] with elapsed(m) >= t (elapsed is increasing)."""
-    lo, hi = 1, k
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if elapsed(mid) >= t:
-            hi = mid
+class _StretchClock:
+    """Time into a decode stretch: its first m steps take elapsed(m) = m*a + b*(m*c0 +
+    batch*m*(m-1)/2) (each step reads one more token per request than the last)."""
+
+    __slots__ = ("a", "b", "c0", "batch")
+
+    def __init__(self, a: float, b: float, c0: int, batch: int):
+        self.a, self.b, self.c0, self.batch = a, b, c0, batch
+
+    def elapsed(self, m: int) -> float:
+        return m * self.a + self.b * (m * self.c0 + self.batch * m * (m - 1) / 2)
+
+    def covering(self, t: float, k: int) -> int:
+        """The smallest m in [1, k] with elapsed(m) >= t (k if none). The quadratic's root
+        is only a first guess that narrows the search: every answer comes from comparing
+        elapsed() with t, exactly as a bisection over [1, k] would."""
+        elapsed = self.elapsed
+        lo, hi = 1, k
+        qa = self.b * self.batch / 2  # elapsed(m) = qa m^2 + qb m
+        qb = self.a + self.b * self.c0 - qa
+        if qa > 0:
+            root = (-qb + math.sqrt(max(qb * qb + 4 * qa * t, 0.0))) / (2 * qa)
+        elif qb > 0:
+            root = t / qb
         else:
-            lo = mid + 1
-    return lo
+            root = 1.0
+        g = min(max(math.ceil(root) if math.isfinite(root) else k, 1), k)
+        if elapsed(g) >= t:
+            hi = g
+            if g > 1 and elapsed(g - 1) < t:
+                return g
+        else:
+            lo = min(g + 1, k)
+            if lo < k and elapsed(lo) >= t:
+                return lo
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if elapsed(mid) >= t:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    def append_ends(self, ends: array, start: float, n: int) -> None:
+        """Append start + elapsed(m) for m = 1..n to ends (numpy for long runs: the same
+        operations in the same order on the same types, so the same floats)."""
+        if n < 32:
+            ends.extend([start + self.elapsed(m) for m in range(1, n + 1)])
+            return
+        m = np.arange(1, n + 1, dtype=np.int64)
+        vals = start + (m * self.a + self.b * (m * self.c0 + self.batch * m * (m - 1) / 2))
+        ends.frombytes(vals.tobytes())

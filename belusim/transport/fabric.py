@@ -80,6 +80,10 @@ class Fabric:
         self._active: list[Flow] = []
         self._last_update = 0.0
         self._timer: simpy.Event | None = None  # the pending timer; older ones are stale
+        # When the earliest active flow lands at the rates last assigned, and the slowest of
+        # those rates: between reschedules no flow can be near done before then (_any_done)
+        self._due = math.inf
+        self._min_rate = math.inf
         self._rates_seen: dict[tuple, list[float]] = {}  # rates by flows in flight; see _assign_rates
         self.bytes_requested = 0.0  # asked of flow()
         self.bytes_delivered = 0.0  # the sizes of the flows that finished
@@ -140,7 +144,7 @@ class Fabric:
         t = Transfer(done)
         now = self.env.now
         cap = cap_gbps * 1e9
-        started = False
+        started = tiny = False
         for nbytes, path in parts:
             self.bytes_requested += nbytes
             self.flows_started += 1
@@ -163,12 +167,14 @@ class Fabric:
                 link.flows.add(f)
             self._active.append(f)
             t.left += 1
+            if nbytes <= _EPS_BYTES:
+                tiny = True
         if not started:
             done.succeed(0.0)
             return done
         # Rates once all have started: starting them one by one at the same instant moves
         # nothing in between, so the rates (and the next finish) are the same.
-        self._reschedule()
+        self._reschedule(finish=tiny or self._any_done())
         return done
 
     def _advance(self) -> None:
@@ -237,17 +243,30 @@ class Fabric:
             if s:
                 link.series = [sum(s[k:k + 2]) for k in range(0, len(s), 2)]
 
-    def _reschedule(self) -> None:
-        self._finish_done()
+    def _any_done(self) -> bool:
+        """Could an active flow be done now (_finish_done)? Not while the earliest one is more
+        than a nanosecond and (at the slowest rate) 10 mB from landing: a flow started at the
+        last reschedule or before has at least that long and (rate x that) bytes left."""
+        left = self._due - self.env.now
+        return not (left > 1e-9 and left * self._min_rate > 10 * _EPS_BYTES)
+
+    def _reschedule(self, finish: bool = True) -> None:
+        if finish:
+            self._finish_done()
         self._assign_rates()
         if not self._active:
+            self._due = self._min_rate = math.inf
             return
         # Next event: the earliest completion at the new rates.
-        dt = math.inf
+        dt = slowest = math.inf
         for f in self._active:
-            t = f.remaining / f.rate
+            r = f.rate
+            t = f.remaining / r
             if t < dt:
                 dt = t
+            if r < slowest:
+                slowest = r
+        self._due, self._min_rate = self.env.now + dt, slowest
         ev = self._timer = self.env.timeout(max(dt, 0.0))
         ev.callbacks.append(self._on_timer)
 
