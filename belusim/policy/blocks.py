@@ -22,6 +22,7 @@ boundaries always fall on those ranges' ends, so releasing a request walks its p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import chain
 
 
@@ -34,7 +35,7 @@ class Node:
 
     __slots__ = ("keys", "depth", "parent", "children", "ref", "cached", "prev", "next")
 
-    def __init__(self, keys: list, depth: int, parent: Node | None, ref: int = 0, cached: bool = False):
+    def __init__(self, keys: Sequence[int], depth: int, parent: Node | None, ref: int = 0, cached: bool = False):
         self.keys = keys
         self.depth = depth
         self.parent = parent
@@ -78,7 +79,7 @@ def _split(node: Node, k: int, keep_bottom: bool, link: bool = True) -> Node:
     return new
 
 
-def common_prefix_len(a: list, b, start: int, n: int) -> int:
+def common_prefix_len(a: Sequence[int], b, start: int, n: int) -> int:
     """How many leading keys of a run (at most n) equal b[start:], given a[0] == b[start].
     A chain key names its whole prefix, so two paths agree up to a depth exactly when their
     keys there are equal: one comparison for a run that matches, a bisection where it ends."""
@@ -345,7 +346,7 @@ class BlockPool:
     def release(self, keys, runs: list[tuple[int, int]], private: int) -> None:
         """Return a request's blocks; deepest first, so its tail is evicted before its head."""
         if runs:
-            nodes = []
+            nodes: list[Node] = []
             it = iter(runs)
             lo, hi = next(it)
             for node in self._path(keys, runs[-1][1]):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from belusim.policy.blocks import BlockPool
@@ -44,7 +45,7 @@ class Load:
 class Save:
     request: Request
     chunk_indexes: list[int]
-    keys: list[int]
+    keys: Sequence[int]
     thread_wait_s: float = 0.0
     software_s: float = 0.0
 

@@ -18,6 +18,7 @@ lookups until they age out too. A run splits where only part of it changes.
 from __future__ import annotations
 
 from bisect import bisect_left, insort
+from collections.abc import Sequence
 from itertools import chain
 
 from belusim.policy.blocks import common_prefix_len, walk_start
@@ -30,7 +31,7 @@ class TierNode:
 
     __slots__ = ("keys", "depth", "parent", "children", "state", "prev", "next")
 
-    def __init__(self, keys: list, depth: int, parent: TierNode | None, state: int = GONE):
+    def __init__(self, keys: Sequence[int], depth: int, parent: TierNode | None, state: int = GONE):
         self.keys = keys
         self.depth = depth
         self.parent = parent
@@ -124,7 +125,7 @@ class TierIndex:
             return block_keys  # callers never index past end_blocks
         return block_keys[c - 1:end_blocks:c]
 
-    def chunk_keys(self, block_keys: list[int], first_chunk: int, last_chunk: int) -> list[int]:
+    def chunk_keys(self, block_keys: Sequence[int], first_chunk: int, last_chunk: int) -> list[int]:
         c = self.chunk_blocks
         return list(block_keys[(first_chunk + 1) * c - 1:last_chunk * c:c])
 
@@ -163,7 +164,7 @@ class TierIndex:
                 return
             d = nd
 
-    def match(self, block_keys: list[int], limit_blocks: int, start_blocks: int = 0) -> int:
+    def match(self, block_keys: Sequence[int], limit_blocks: int, start_blocks: int = 0) -> int:
         """Leading blocks (whole chunks, at most limit_blocks) the tier holds. (`start_blocks`:
         kept for callers that know a stored prefix; the walk is per run, from the root.)"""
         self.lookups += 1
@@ -185,7 +186,7 @@ class TierIndex:
             children = child.children
         return d * c
 
-    def touch(self, block_keys: list[int], first_block: int, n_blocks: int) -> None:
+    def touch(self, block_keys: Sequence[int], first_block: int, n_blocks: int) -> None:
         """Mark the chunks of a hit as recently used (once, when the hit is taken): they move
         to the young end in prompt order."""
         c = self.chunk_blocks
@@ -256,7 +257,7 @@ class TierIndex:
         for req in hit:
             self._wake(req)
 
-    def wanted(self, block_keys: list[int], upto_blocks: int, from_chunk: int, owner=None) -> list[int]:
+    def wanted(self, block_keys: Sequence[int], upto_blocks: int, from_chunk: int, owner=None) -> list[int]:
         """Chunk indexes in [from_chunk, upto_blocks // chunk) that are neither stored nor
         pending. owner: the request whose keys these are (its tier_hint speeds the walk)."""
         end = upto_blocks // self.chunk_blocks

@@ -402,13 +402,7 @@ def path_rates(sc: Scenario, kv: KVSystemConfig) -> _PathRates:
     paths = KVPaths(env, sc, kv)
     place = paths.places[0]
     flows: list[tuple[float, tuple]] = []
-    orig = paths.fabric.transfer
-
-    def recording_transfer(parts, cap_gbps=math.inf):
-        flows.extend((nbytes, path.links) for nbytes, path in parts)
-        return orig(parts, cap_gbps)
-
-    paths.fabric.transfer = recording_transfer  # instance attribute: only this probe's fabric
+    paths.fabric.transfer_log = flows  # only this probe's fabric
     nblocks = transfer_blocks(sc, kv, 1)
     keys = _keys_for(0, nblocks, (place.server + 1) % sc.cluster.servers, sc.cluster.servers)
     req = Request(0, nblocks * sc.engine.block_size + 1, 1, keys, 0.0)

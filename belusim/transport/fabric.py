@@ -91,6 +91,7 @@ class Fabric:
         self.max_residual = 0.0  # the most bytes a flow had left when called done (float drift)
         self.flows_started = 0
         self.flows_finished = 0
+        self.transfer_log: list | None = None  # a list: every transfer's (nbytes, links) (probes)
         # Utilisation over time: bytes per link per bucket, integrated exactly from the
         # piecewise-constant rates. The bucket starts at 1 ms and doubles (merging pairs) when
         # the run outgrows max_buckets, so a run ends with between max_buckets/2 and max_buckets.
@@ -141,6 +142,8 @@ class Fabric:
         them has landed (with the seconds it took). One event for the lot, where waiting on
         each flow's own would cost an event per flow and one more to join them."""
         done = self.env.event()
+        if self.transfer_log is not None:
+            self.transfer_log.extend([(nbytes, path.links) for nbytes, path in parts])
         t = Transfer(done)
         now = self.env.now
         cap = cap_gbps * 1e9
