@@ -136,7 +136,7 @@ class Scheduler:
             c = req.num_computed
             left = req.prompt_tokens + req.num_output - c
             n = left if left < budget else budget
-            need = -(-(c + n) // bs) - req.blocks_held
+            need = -(-(c + n) // bs) - req.cached_blocks - req.private_blocks  # blocks_held, inlined
             if need > pool.num_blocks - pool.in_use:
                 while need > pool.free:
                     victim = running[-1]
