@@ -237,8 +237,9 @@ class Instance:
 
     def _decode_stretch(self, plan, k: int):
         env = self.env
-        clock = _StretchClock(*self.compute.decode_run(len(plan.scheduled), plan.decode_context),
-                              plan.decode_context, len(plan.scheduled))
+        batch, c0 = len(plan.scheduled), plan.decode_context
+        a, b = self.compute.decode_run(batch, c0)
+        clock = _StretchClock(a, b, c0, batch)
         elapsed = clock.elapsed
         self._wake = wake = env.event()
         self._in_stretch = True
@@ -250,7 +251,7 @@ class Instance:
         self._stretch = (plan, start, clock, k)
         kind = None
         if self._copy_beside is not None:
-            kind = self.compute.compute_bound(len(plan.scheduled), 0.0, plan.decode_context, len(plan.scheduled))
+            kind = self.compute.compute_bound(batch, 0.0, c0, batch)
             self._gpu_computes(kind)
         yield env.timeout(elapsed(k)) | wake
         self._in_stretch = False
