@@ -430,3 +430,39 @@ def test_stretch_clock_answers_as_a_bisection_and_appends_the_same_floats():
         got = array("d")
         clock.append_ends(got, start, n)
         assert list(got) == [start + clock.elapsed(i) for i in range(1, n + 1)]
+
+
+# --------------------------------------------------------------------------- step-end trimming
+
+
+def _rows_and_gaps(monkeypatch, every: int, minimum: int, kv: dict, blocks: int, gpus: int, prefill: int = 0):
+    import belusim.sim.cluster as cluster_mod
+
+    monkeypatch.setattr(cluster_mod, "_TRIM_EVERY", every)
+    monkeypatch.setattr(cluster_mod, "_TRIM_MIN", minimum)
+    sc = _scenario(kv, blocks, gpus, 512)
+    if prefill:
+        sc = resolve_scenario(sc.model_dump(mode="json"), [f"cluster.prefill_instances_per_server={prefill}"])[0]
+    rec = Recorder()
+    cluster = Cluster(sc, sc.systems[0], rec)
+    dropped = []
+    trim = cluster.trim_step_ends
+    monkeypatch.setattr(cluster, "trim_step_ends", lambda: dropped.append(trim()) or dropped[-1])
+    for p in range(2):
+        cluster.run_phase(f"p{p}", _open_workload(n=40), 1e6)
+    cluster.drain()
+    gaps = {k: v.tobytes() for k, v in rec._itl.items()}
+    return list(rec.rows), gaps, sum(dropped), sum(i.steps for i in cluster.instances)
+
+
+@pytest.mark.parametrize("kv,blocks,gpus,prefill", [
+    ({"kind": "hbm-only"}, 150, 1, 0),  # preemptions: a preempted request keeps its first token
+    ({"kind": "local-dram"}, 300, 2, 0),
+    ({"kind": "cxl-pool", "metadata_rpc": "none"}, 300, 2, 1),  # handed off to a decode instance
+])
+def test_dropping_step_ends_no_request_can_read_changes_no_record(monkeypatch, kv, blocks, gpus, prefill):
+    kept = _rows_and_gaps(monkeypatch, 10**9, 10**9, kv, blocks, gpus, prefill)
+    trimmed = _rows_and_gaps(monkeypatch, 1, 8, kv, blocks, gpus, prefill)
+    assert kept[2] == 0 and trimmed[2] > kept[3] / 4  # it really dropped most of the ends
+    assert repr(trimmed[0]) == repr(kept[0])  # repr: a NaN field is unequal to itself
+    assert trimmed[1] == kept[1]

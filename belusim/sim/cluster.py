@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from array import array
+from bisect import bisect_right
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +33,14 @@ from belusim.workloads.spec import Workload
 
 class SimulationError(RuntimeError):
     pass
+
+
+# An instance's step end times are what its finished requests' inter-token gaps are read
+# from (report.metrics.itl_samples). Every _TRIM_EVERY records, the ends that no request
+# still in flight can read (those at or before every live first token) are dropped, so a
+# long run keeps them for its requests in flight, not 8 bytes per engine step forever.
+_TRIM_EVERY = 1024
+_TRIM_MIN = 4096  # an instance with fewer ends keeps them all
 
 
 def _key_array(block_keys) -> array:
@@ -170,6 +179,7 @@ class Cluster:
         self._unrecorded: set[int] = set()
         self.records = 0
         self.recorded_twice: list[str] = []
+        self._trim_countdown = _TRIM_EVERY
 
     # -- requests ----------------------------------------------------------------------
     def _finished(self, req: Request) -> None:
@@ -187,12 +197,37 @@ class Cluster:
         itl = (itl_samples(self.instances[req.instance].step_ends, req)
                if req.state is State.FINISHED else None)
         self._record(req, itl)
+        self._trim_countdown -= 1
+        if not self._trim_countdown:
+            self._trim_countdown = _TRIM_EVERY
+            self.trim_step_ends()
         cb = req.on_finish
         if cb is not None:
             cb(req)
         self._phase_left -= 1
         if self._phase_left == 0 and self._phase_done is not None:
             self._phase_done.succeed()
+
+    def trim_step_ends(self) -> int:
+        """Drop the step ends at or before the earliest first token of any request in flight
+        (and now): a request's gaps come from ends after its first token, and one that has
+        none yet gets it later than now. A live request's index arithmetic in itl_samples
+        only counts ends after its first token, so its gaps come out the same. Returns how
+        many ends were dropped."""
+        cutoff = self.env.now
+        for req in self._live.values():
+            ft = req.first_token
+            if ft < cutoff:  # NaN (no first token yet) compares False
+                cutoff = ft
+        dropped = 0
+        for inst in self.instances:
+            ends = inst.step_ends
+            if len(ends) > _TRIM_MIN:
+                k = bisect_right(ends, cutoff)
+                if k:
+                    del ends[:k]
+                    dropped += k
+        return dropped
 
     def _record(self, req: Request, itl=None) -> None:
         if id(req) in self._unrecorded:
