@@ -190,3 +190,76 @@ def test_busy_time_of_a_link_crossed_twice_is_wall_time(env):
     assert done["loop"] == pytest.approx(0.2, rel=1e-12)
     assert f.link("L").bytes_carried == pytest.approx(2e9)
     assert f.link("L").busy_time == pytest.approx(0.2, rel=1e-12)
+
+
+def _progressive_filling(flows: list) -> list[float]:
+    """Max-min rates of (links, cap) flows, one flow at a time in the given order: the
+    fabric's arithmetic before it grouped flows by kind and remembered rates by kinds."""
+    spare, counts = {}, {}
+    for links, _cap in flows:
+        for link in links:
+            spare[link] = link.capacity
+            counts[link] = counts.get(link, 0) + 1
+    rates = [0.0] * len(flows)
+    unfrozen, r = list(range(len(flows))), 0.0
+    while unfrozen:
+        inc = min([spare[lk] / n for lk, n in counts.items()], default=math.inf)
+        inc = max(min(inc, min(flows[i][1] for i in unfrozen) - r), 0.0)
+        r += inc
+        saturated = set()
+        for lk, n in counts.items():
+            spare[lk] -= inc * n
+            if spare[lk] <= lk.capacity * 1e-12:
+                saturated.add(lk)
+        keep = []
+        for i in unfrozen:
+            links, cap = flows[i]
+            if (cap < math.inf and cap - r <= cap * 1e-12) or not saturated.isdisjoint(links):
+                rates[i] = r
+                for lk in links:
+                    counts[lk] -= 1
+                    if not counts[lk]:
+                        del counts[lk]
+            else:
+                keep.append(i)
+        if len(keep) == len(unfrozen):
+            break
+        unfrozen = keep
+    for i in unfrozen:
+        rates[i] = r
+    return rates
+
+
+def test_rates_are_exactly_progressive_fillings_whatever_the_order_and_memory(env):
+    """The fabric remembers rates by the multiset of kinds of flows in flight and fills by
+    kind: the rates must be bit for bit those of filling flow by flow in any order."""
+    import random
+
+    rng = random.Random(7)
+    f = Fabric(env)
+    links = [f.add_link(f"l{i}", rng.uniform(3, 40)) for i in range(6)]
+    kinds = []
+    for _ in range(12):
+        path = rng.sample(links, rng.randint(1, 4))
+        if rng.random() < 0.2:
+            path.append(path[0])  # a link crossed twice
+        kinds.append((path, rng.choice([math.inf, math.inf, rng.uniform(1, 10)])))
+    checked = rounds = 0
+    for _ in range(300):
+        chosen = [rng.choice(kinds) for _ in range(rng.randint(2, 9))]
+        ref = _progressive_filling([(links_, cap * 1e9) for links_, cap in chosen])
+        rounds += len(set(ref)) > 2
+        for order in (chosen, chosen[::-1]):  # the second meets the first's remembered rates
+            for links_, cap in order:
+                f.flow(1e12, links_, cap)
+            got = {}
+            for fl in f._active:
+                got.setdefault((fl.links, fl.cap), set()).add(fl.rate)
+            for (links_, cap), r in zip(chosen, ref):
+                assert got[(tuple(links_), cap * 1e9)] == {r}
+                checked += 1
+            for fl in f._active:  # end them: the next set starts from an empty fabric
+                fl.remaining = 0.0
+            f._reschedule()
+            assert f.active_flows == 0
+    assert rounds > 30 and checked > 3000  # many sets took several rounds of filling

@@ -10,7 +10,10 @@ work) are added by the caller around `flow()`; this module only moves bytes.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
+from itertools import compress, repeat
+from operator import le, mul, sub, truediv
 
 import simpy
 
@@ -24,7 +27,7 @@ class Link:
 
     name: str
     capacity: float  # bytes per second
-    flows: set = field(default_factory=set)
+    crossings: int = 0  # by the flows on it now (a flow that crosses it twice counts twice)
     bytes_carried: float = 0.0
     busy_time: float = 0.0  # time with at least one flow
     _busy_since: float = -1.0
@@ -69,6 +72,7 @@ class Flow:
     rate: float = 0.0
     started: float = 0.0
     repeats: bool = False  # crosses some link twice
+    kind: int = 0  # its (links, cap): flows of one kind always get the same rate
 
 
 class Fabric:
@@ -84,7 +88,9 @@ class Fabric:
         # those rates: between reschedules no flow can be near done before then (_any_done)
         self._due = math.inf
         self._min_rate = math.inf
-        self._rates_seen: dict[tuple, list[float]] = {}  # rates by flows in flight; see _assign_rates
+        # Rates by the kinds of flows in flight (see _assign_rates); a kind is a (links, cap)
+        self._rates_seen: dict[tuple, tuple[dict, float]] = {}
+        self._kinds: dict[tuple, int] = {}
         self.bytes_requested = 0.0  # asked of flow()
         self.bytes_delivered = 0.0  # the sizes of the flows that finished
         self.bytes_moved = 0.0  # rate integrated over time: what the links really carried
@@ -125,7 +131,7 @@ class Fabric:
         if link.capacity == bytes_per_s:
             return
         self._rates_seen.clear()  # remembered rates assumed the old capacity
-        if not link.flows:
+        if not link.crossings:
             link.capacity = bytes_per_s
             return
         self._advance()
@@ -161,13 +167,15 @@ class Fabric:
             if not started:
                 self._advance()
                 started = True
-            f = Flow(nbytes, path.links, path.uniq, cap, t, remaining=nbytes, started=now,
-                     repeats=path.repeats)
-            for link in path.uniq:
-                if not link.flows:
+            kinds = self._kinds
+            kind = kinds.setdefault((path.links, cap), len(kinds))
+            f = Flow(nbytes, path.links, path.uniq, cap, t, nbytes, 0.0, now, path.repeats, kind)
+            for link in path.links:
+                n = link.crossings
+                if not n:
                     link._busy_since = now
                     self._busy.add(link)
-                link.flows.add(f)
+                link.crossings = n + 1
             self._active.append(f)
             t.left += 1
             if nbytes <= _EPS_BYTES:
@@ -256,19 +264,27 @@ class Fabric:
     def _reschedule(self, finish: bool = True) -> None:
         if finish:
             self._finish_done()
-        self._assign_rates()
-        if not self._active:
+        active = self._active
+        if not active:
             self._due = self._min_rate = math.inf
             return
-        # Next event: the earliest completion at the new rates.
-        dt = slowest = math.inf
-        for f in self._active:
-            r = f.rate
-            t = f.remaining / r
-            if t < dt:
-                dt = t
-            if r < slowest:
-                slowest = r
+        # Rates, and the next event: the earliest completion at those rates.
+        dt = math.inf
+        if len(active) == 1 and not active[0].repeats:
+            # the usual case: progressive filling ends after one round; the same arithmetic
+            f = active[0]
+            inc = math.inf
+            for link in f.links:
+                inc = min(inc, link.capacity)
+            slowest = f.rate = max(min(inc, f.cap), 0.0)
+            dt = f.remaining / slowest
+        else:
+            rates, slowest = self._assign_rates()
+            for f in active:
+                r = f.rate = rates[f.kind]
+                t = f.remaining / r
+                if t < dt:
+                    dt = t
         self._due, self._min_rate = self.env.now + dt, slowest
         ev = self._timer = self.env.timeout(max(dt, 0.0))
         ev.callbacks.append(self._on_timer)
@@ -281,22 +297,23 @@ class Fabric:
 
     def _finish_done(self) -> None:
         now = self.env.now
+        busy = self._busy
         keep = []
         for f in self._active:
             rem = f.remaining
             if rem <= _EPS_BYTES or (f.rate > 0 and rem / f.rate < 1e-12):
                 for link in f.links:
-                    link.bytes_carried += f.remaining
-                for link in f.uniq:
-                    link.flows.discard(f)
-                    if self.record_series:
+                    link.bytes_carried += rem
+                    n = link.crossings = link.crossings - 1
+                    if not n:
+                        link.busy_time += now - link._busy_since
+                        busy.discard(link)
+                if self.record_series:
+                    for link in f.uniq:
                         self._bin(link, now, now, link.bytes_carried - link._binned)
                         link._binned = link.bytes_carried
-                    if not link.flows:
-                        link.busy_time += now - link._busy_since
-                        self._busy.discard(link)
                 self.bytes_delivered += f.nbytes
-                self.max_residual = max(self.max_residual, f.remaining)
+                self.max_residual = max(self.max_residual, rem)
                 self.flows_finished += 1
                 f.remaining = 0.0
                 t = f.transfer
@@ -307,73 +324,74 @@ class Fabric:
                 keep.append(f)
         self._active = keep
 
-    def _assign_rates(self) -> None:
-        """Progressive filling: raise all unfrozen rates together until a link or cap binds."""
+    def _assign_rates(self) -> tuple[dict, float]:
+        """The rate of each kind of flow in flight, and the least of them."""
+        # Progressive filling's rates are a function of the multiset of the flows' kinds
+        # (paths and caps) and the links' capacities, whatever the flows' order: each round
+        # takes minima over links and flows and updates each link's spare capacity on its
+        # own. The same transfers in flight get the same rates again (a lone transfer of a
+        # few flows, the common case, every time its instance saves).
         active = self._active
-        if len(active) == 1 and not active[0].repeats:
-            # the usual case: the loop below ends after one round; the same arithmetic
-            f = active[0]
-            inc = math.inf
-            for link in f.links:
-                inc = min(inc, link.capacity)
-            f.rate = max(min(inc, f.cap), 0.0)
-            return
-        # The rates are a function of the flows' paths and caps, in order, and the links'
-        # capacities: the same set of transfers in flight gets the same rates again (a
-        # lone transfer of a few flows, the common case, every time its instance saves).
-        key = tuple([(f.links, f.cap) for f in active])
-        rates = self._rates_seen.get(key)
-        if rates is not None:
-            for f, rate in zip(active, rates):
-                f.rate = rate
-            return
-        # Unfrozen flows all have the same rate (they rose together from 0): keep it once, in
-        # r, and the per-link counts of unfrozen flows up to date as flows freeze.
-        spare: dict[Link, float] = {}
-        counts: dict[Link, int] = {}
-        for f in active:
-            for link in f.links:
-                spare[link] = link.capacity
-                counts[link] = counts.get(link, 0) + 1
-        unfrozen = active
-        r = 0.0
+        key = tuple(sorted([f.kind for f in active]))
+        seen = self._rates_seen.get(key)
+        if seen is None:
+            rates = self._fill(active)
+            seen = rates, min(rates.values())
+            if len(self._rates_seen) >= _RATES_SEEN_MAX:
+                self._rates_seen.clear()
+            self._rates_seen[key] = seen
+        return seen
+
+    def _fill(self, active: list[Flow]) -> dict[int, float]:
+        """Progressive filling: raise all unfrozen rates together until a link or cap binds.
+        Unfrozen flows all have the same rate (they rose together from 0): it is kept once,
+        in r, with each link's count of unfrozen flows crossing it. Flows of one kind freeze
+        together, so they are handled once, with the links they cross as often as they do."""
         inf = math.inf
+        links = list(self._busy)  # the links the flows in flight cross
+        counts = [link.crossings for link in links]
+        spare = [link.capacity for link in links]
+        tiny = [c * 1e-12 for c in spare]  # at most this much spare: saturated
+        unfrozen = list({f.kind: f for f in active}.values())  # one flow of each kind
+        rates: dict[int, float] = {}
+        where = many = None  # each link's index, each kind's flows: once a second round needs them
+        r = 0.0
         while unfrozen:
-            # the smallest fair increment any link or flow cap allows
-            inc = inf
-            for link, n in counts.items():
-                v = spare[link] / n
-                if v < inc:
-                    inc = v
+            # the smallest fair increment any link or flow cap allows (a link no unfrozen
+            # flow crosses has spare inf over a count of 1: never the least)
+            inc = min(map(truediv, spare, counts), default=inf)
             cap = min([f.cap for f in unfrozen])
             inc = max(min(inc, cap - r), 0.0)
             r += inc
-            saturated = set()
-            for link, n in counts.items():
-                left = spare[link] = spare[link] - inc * n
-                if left <= link.capacity * 1e-12:
-                    saturated.add(link)
+            spare = list(map(sub, spare, map(mul, repeat(inc), counts)))
+            full = list(map(le, spare, tiny))
+            saturated = set(compress(links, full)) if True in full else None
             # freeze flows on saturated links or at their caps
-            keep = []
+            keep, frozen = [], []
             for f in unfrozen:
                 if (f.cap < inf and f.cap - r <= f.cap * 1e-12) or (saturated and not saturated.isdisjoint(f.links)):
-                    f.rate = r
-                    for link in f.links:
-                        n = counts[link] - 1
-                        if n:
-                            counts[link] = n
-                        else:
-                            del counts[link]
+                    rates[f.kind] = r
+                    frozen.append(f)
                 else:
                     keep.append(f)
-            if len(keep) == len(unfrozen):  # numerical safety: cannot happen with exact arithmetic
+            if not keep or not frozen:  # not frozen: cannot happen with exact arithmetic
                 break
             unfrozen = keep
-        for f in unfrozen:
-            f.rate = r
-        if len(self._rates_seen) >= _RATES_SEEN_MAX:
-            self._rates_seen.clear()
-        self._rates_seen[key] = [f.rate for f in active]
+            if where is None:
+                where = {link: i for i, link in enumerate(links)}
+                many = Counter([f.kind for f in active])
+            for f in frozen:
+                m = many[f.kind]
+                for link in f.links:
+                    i = where[link]
+                    n = counts[i] - m
+                    if n:
+                        counts[i] = n
+                    else:
+                        counts[i], spare[i] = 1, inf
+        for f in keep:
+            rates[f.kind] = r
+        return rates
 
     # -- accounting ----------------------------------------------------------------
     def conservation_problems(self) -> list[str]:
