@@ -140,3 +140,41 @@ def test_run_json_validates_and_schema_output(tmp_path):
         assert k in props and props[k]["description"]
     r = runner.invoke(app, ["run", str(p), "--json", "--goodput", "latency:5"])
     assert r.exit_code == 2 and "--goodput" in r.stderr
+
+
+# --------------------------------------------------------------------------- gaps past the budget
+
+
+def test_gap_histogram_quantiles_within_its_resolution_and_moments_exact():
+    from belusim.report.gaps import GapHistogram
+
+    rng = np.random.default_rng(7)
+    x = np.concatenate([rng.lognormal(np.log(0.03), 0.6, 50_000),  # decode steps
+                        np.full(3_000, 0.0312),  # ties
+                        rng.uniform(0.5, 4.0, 200),  # long prefill steps
+                        [2e-10, 3e6]])  # outside the range: end buckets, min/max exact
+    rng.shuffle(x)
+    h = GapHistogram(1e-3)
+    for part in np.array_split(x, 37):  # moments merged batch by batch
+        h.add(part)
+    assert h.n == x.size and h.min == x.min() and h.max == x.max()
+    assert h.mean == pytest.approx(x.mean(), rel=1e-12)
+    assert h.std == pytest.approx(x.std(), rel=1e-9)
+    for q in (0, 1, 25, 50, 90, 99, 99.9, 100):
+        assert h.percentile(q) == pytest.approx(np.percentile(x, q), rel=1e-3), q
+    assert GapHistogram().percentile(50) != GapHistogram().percentile(50)  # empty: NaN
+
+
+def test_a_phase_past_its_gap_budget_reports_histogram_itl_and_says_so():
+    d = {**TINY, "run": {"seed": 1, "phases": [{"name": "p"}]}}
+    exact = run_scenario(*resolve_scenario(d))["results"]
+    d["run"]["itl_exact_gaps"] = 50  # 6 requests of 39 gaps: folded after the second
+    folded = run_scenario(*resolve_scenario(d))["results"]
+    for e, f in zip(exact, folded):
+        assert e["itl_rel_error"] == 0.0 and f["itl_rel_error"] == 1e-3
+        assert f["mean_itl_ms"] == pytest.approx(e["mean_itl_ms"], rel=1e-12)
+        assert f["std_itl_ms"] == pytest.approx(e["std_itl_ms"], rel=1e-9)
+        for k in ("median_itl_ms", "p90_itl_ms", "p99_itl_ms"):
+            assert f[k] == pytest.approx(e[k], rel=1e-3) and f[k] != e[k], k
+        same = {k for k in e if "itl" not in k}
+        assert {k: f[k] for k in same} == {k: e[k] for k in same}

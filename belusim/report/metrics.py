@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from belusim.config.scenario import ITL_EXACT_GAPS
 from belusim.policy.request import TTFT_PARTS, Request, State
+from belusim.report.gaps import GapHistogram
 
 # Version of the output's layout (`belusim schema --output`); bumped when a key changes meaning.
 SCHEMA_VERSION = 2
@@ -40,7 +42,7 @@ VLLM_KEYS = [
 ] + [f"{s}_{m}_ms" for m in LATENCY_METRICS for s in LATENCY_STATS]
 BELUSIM_KEYS = [
     "requests", "rejected", "unfinished", "hbm_hit_ratio", "tier_hit_ratio", "mean_kv_load_ms",
-    "mean_queue_ms", "p99_queue_ms", "preemptions", "arrival_span_s", "breakdown",
+    "mean_queue_ms", "p99_queue_ms", "preemptions", "arrival_span_s", "itl_rel_error", "breakdown",
 ]
 SUMMARY_KEYS = ["system", "phase"] + VLLM_KEYS + BELUSIM_KEYS
 
@@ -217,14 +219,26 @@ class Records(Sequence):
         return np.frombuffer(self._cols[c], dtype=np.uint32) == code
 
 
+# Inter-token gaps are kept one by one per (system, phase) (8 bytes each) up to a budget
+# (config ITL_EXACT_GAPS; a scenario's run.itl_exact_gaps sets it for its runs), then the rest
+# go to a histogram (report/gaps.py).
+_FOLD_BATCH = 1 << 20  # once folding, gaps go into the histogram this many at a time
+ITL_HISTOGRAM_REL = 1e-3
+
+
 class Recorder:
     """Collects finished (or rejected) requests; streams them to CSV when given a path. Keeps
-    every inter-token gap per (system, phase) for the ITL statistics."""
+    every inter-token gap per (system, phase) for the ITL statistics, up to itl_exact_gaps of
+    them; a longer phase's gaps are folded into a histogram (ITL quantiles to within
+    ITL_HISTOGRAM_REL, the summary's itl_rel_error)."""
 
-    def __init__(self, csv_path: Path | None = None):
+    def __init__(self, csv_path: Path | None = None, itl_exact_gaps: int = ITL_EXACT_GAPS):
         self.rows = Records()
-        # every gap, per (system, phase), in one flat array (not an array per request)
+        self.itl_exact_gaps = itl_exact_gaps
+        # every gap, per (system, phase), in one flat array (not an array per request) ...
         self._itl: dict[tuple[str, str], array] = {}
+        # ... or, past itl_exact_gaps, a histogram of them (the array then holds the next batch)
+        self._itl_hist: dict[tuple[str, str], GapHistogram] = {}
         self._fh = None
         self._writer = None
         if csv_path is not None:
@@ -254,22 +268,39 @@ class Recorder:
         )
         self.rows.append(row)
         if itl is not None and status == "finished":
-            gaps = self._itl.get((system, req.phase))
+            key = (system, req.phase)
+            gaps = self._itl.get(key)
             if gaps is None:
-                gaps = self._itl[(system, req.phase)] = array("d")
+                gaps = self._itl[key] = array("d")
             gaps.frombytes(np.ascontiguousarray(itl, dtype=np.float64).tobytes())
+            if len(gaps) > (_FOLD_BATCH if key in self._itl_hist else self.itl_exact_gaps):
+                self._fold(key)
         if self._writer is not None:
             self._writer.writerow(["" if isinstance(v, float) and math.isnan(v) else v for v in row])
 
-    @property
-    def itl(self) -> dict[tuple[str, str], list[np.ndarray]]:
-        """The inter-token gaps of finished requests per (system, phase), in record order."""
-        return {k: [np.array(v, dtype=np.float64)] for k, v in self._itl.items()}
+    def _fold(self, key: tuple[str, str]) -> GapHistogram:
+        """Move the gaps kept one by one for `key` into its histogram."""
+        hist = self._itl_hist.get(key)
+        if hist is None:
+            hist = self._itl_hist[key] = GapHistogram(ITL_HISTOGRAM_REL)
+        hist.add(np.frombuffer(self._itl[key], dtype=np.float64))
+        self._itl[key] = array("d")
+        return hist
 
-    def gaps_view(self, system: str, phase: str) -> list[np.ndarray] | None:
+    @property
+    def itl(self) -> dict[tuple[str, str], list[np.ndarray] | GapHistogram]:
+        """The inter-token gaps of finished requests per (system, phase), in record order (or,
+        for a phase with more than itl_exact_gaps of them, their histogram)."""
+        return {k: self._fold(k) if k in self._itl_hist else [np.array(v, dtype=np.float64)]
+                for k, v in self._itl.items()}
+
+    def gaps_view(self, system: str, phase: str) -> list[np.ndarray] | GapHistogram | None:
         """`itl[(system, phase)]` without copying the gaps (a million requests have millions):
         a view of the recorder's own array, to be dropped before the next record."""
-        gaps = self._itl.get((system, phase))
+        key = (system, phase)
+        if key in self._itl_hist:
+            return self._fold(key)
+        gaps = self._itl.get(key)
         return None if gaps is None else [np.frombuffer(gaps, dtype=np.float64)]
 
     def close(self) -> None:
@@ -311,10 +342,26 @@ def _ms_stats(x: np.ndarray, name: str) -> dict:
     }
 
 
-def summarize(rows: Records | Sequence[tuple], system: str, phase: str, itl: list[np.ndarray] | None = None,
+def _histogram_ms_stats(hist: GapHistogram, name: str) -> dict:
+    """_ms_stats from a histogram: count, mean and std exact (running moments), quantiles to
+    within its relative resolution."""
+    if not hist.n:
+        return {f"{s}_{name}_ms": math.nan for s in LATENCY_STATS}
+    return {
+        f"mean_{name}_ms": hist.mean * 1e3,
+        f"median_{name}_ms": hist.percentile(50) * 1e3,
+        f"std_{name}_ms": hist.std * 1e3,
+        f"p90_{name}_ms": hist.percentile(90) * 1e3,
+        f"p99_{name}_ms": hist.percentile(99) * 1e3,
+    }
+
+
+def summarize(rows: Records | Sequence[tuple], system: str, phase: str,
+              itl: list[np.ndarray] | GapHistogram | None = None,
               goodput: dict[str, float] | None = None) -> dict:
     """Summary of one system's phase from its request records (a Recorder's `rows`, or
-    record tuples). `itl`: the inter-token gaps of its finished requests; `goodput`: SLO
+    record tuples). `itl`: the inter-token gaps of its finished requests (or a histogram of
+    them, see Recorder); `goodput`: SLO
     bounds in ms ({"ttft": 500, "tpot": 50}), a request being good when it meets all of them
     (vLLM's definition)."""
     if not isinstance(rows, Records):
@@ -337,9 +384,12 @@ def summarize(rows: Records | Sequence[tuple], system: str, phase: str, itl: lis
     arrivals = col("arrival_s", mine_at) if mine else np.array([])
     duration = float(col("finish_s").max() - arrivals.min()) if done else math.nan
     # the gaps' statistics now, so that their temporaries are gone before the breakdown's
-    gaps = (np.asarray(itl[0]) if len(itl) == 1 else np.concatenate(itl)) if itl else np.array([])
-    itl_stats = _ms_stats(gaps, "itl")
-    del gaps
+    if isinstance(itl, GapHistogram):
+        itl_stats, itl_rel_error = _histogram_ms_stats(itl, "itl"), itl.rel
+    else:
+        gaps = (np.asarray(itl[0]) if len(itl) == 1 else np.concatenate(itl)) if itl else np.array([])
+        itl_stats, itl_rel_error = _ms_stats(gaps, "itl"), 0.0
+        del gaps
     total_prompt = prompt.sum()
     rate = (lambda n: n / duration) if done and duration > 0 else (lambda n: math.nan)
     good = math.nan
@@ -378,6 +428,7 @@ def summarize(rows: Records | Sequence[tuple], system: str, phase: str, itl: lis
         "p99_queue_ms": float(np.percentile(queue, 99) * 1e3) if queue.size else math.nan,
         "preemptions": int(col("preemptions").sum()) if done else 0,
         "arrival_span_s": float(arrivals.max() - arrivals.min()) if arrivals.size else math.nan,
+        "itl_rel_error": itl_rel_error,
         "breakdown": ttft_breakdown(np.stack([col(f"ttft_{p}_s") for p in TTFT_PARTS], axis=1)),
     }
     return out

@@ -46,6 +46,10 @@ _fields.update({
     "p99_queue_ms": (float | None, Field(description="belusim: ms, 99th percentile arrival-to-admission wait")),
     "preemptions": (int, Field(description="belusim: preemptions of finished requests")),
     "arrival_span_s": (float | None, Field(description="belusim: s, first to last arrival of the phase")),
+    "itl_rel_error": (float, Field(description=(
+        "belusim: how far the ITL statistics may be from exact: 0 when every gap was kept; past "
+        "run.itl_exact_gaps gaps in the phase, the relative resolution of the histogram they were "
+        "folded into (quantiles within it; mean and std exact up to rounding)"))),
     "breakdown": (dict[str, Any], Field(description=(
         "belusim: where the time to first token went. ttft_ms: per part (queue, compute, kv_load_wire, "
         "kv_load_software, kv_load_thread_wait, lookup_software, rpc, save_stall, others_loads) the mean "

@@ -436,6 +436,7 @@ def simulate(scenario: Scenario, system: SystemConfig, recorder: Recorder, progr
              goodput: dict[str, float] | None = None) -> SystemRun:
     """Run every phase of the scenario on one system."""
     t0 = time.perf_counter()
+    recorder.itl_exact_gaps = scenario.run.itl_exact_gaps
     cluster = Cluster(scenario, system, recorder)
     bs = scenario.engine.block_size
     phase_starts = {}
