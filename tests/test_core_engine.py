@@ -404,8 +404,9 @@ def test_coalesced_decode_is_exact_with_copy_rate_beside_compute():
 
 
 def test_stretch_clock_answers_as_a_bisection_and_appends_the_same_floats():
-    """The decode stretch's clock: covering() is the bisection's answer whatever its
-    quadratic guess, and append_ends() gives exactly the floats of elapsed() one by one."""
+    """The decode stretch's clock: covering() and steps_done() are the bisection's answers
+    whatever their quadratic guess, and append_ends() gives exactly the floats of elapsed()
+    one by one."""
     import bisect
     import random
     from array import array
@@ -425,6 +426,10 @@ def test_stretch_clock_answers_as_a_bisection_and_appends_the_same_floats():
         for t in (clock.elapsed(m), clock.elapsed(m) * (1 + 1e-15), clock.elapsed(m) * (1 - 1e-15),
                   rng.uniform(0, clock.elapsed(k) * 1.2 + 1e-9), -1.0, 0.0):
             assert clock.covering(t, k) == bisect_covering(clock.elapsed, t, k)
+            # steps ended by t, the last excluded: what a router sees of a stretch
+            m_ref = bisect_covering(clock.elapsed, t, k)
+            m_ref -= clock.elapsed(m_ref) > t
+            assert clock.steps_done(t, k) == min(m_ref, k - 1)
         n = rng.choice([0, 5, 31, 32, 200])
         start = rng.uniform(0, 1e4)
         got = array("d")

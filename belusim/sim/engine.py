@@ -275,20 +275,18 @@ class Instance:
     def _stretch_steps_done(self) -> int:
         """Steps of the running stretch that have ended by now (not its last one, whose
         end applies it)."""
-        plan, start, clock, k = self._stretch
-        t = self.env.now - start
-        m = clock.covering(t, k)
-        if clock.elapsed(m) > t:
-            m -= 1
-        return min(m, k - 1)
+        _plan, start, clock, k = self._stretch
+        return clock.steps_done(self.env.now - start, k)
 
     def load_now(self) -> int:
         """Outstanding tokens now, as stepping one step at a time would have them."""
         sched = self.sched
-        if self._stretch is None:
+        stretch = self._stretch
+        if stretch is None:
             return sched.outstanding_tokens
-        plan = self._stretch[0]
-        return sched.outstanding_tokens - len(plan.scheduled) * (self._stretch_steps_done() - plan.decode_applied)
+        plan, start, clock, k = stretch  # the router asks every instance at every arrival
+        return sched.outstanding_tokens - len(plan.scheduled) * (
+            clock.steps_done(self.env.now - start, k) - plan.decode_applied)
 
     def catch_up(self) -> None:
         """Apply the ended steps of the running stretch (blocks taken, tokens counted), so
@@ -366,10 +364,12 @@ class _StretchClock:
     """Time into a decode stretch: its first m steps take elapsed(m) = m*a + b*(m*c0 +
     batch*m*(m-1)/2) (each step reads one more token per request than the last)."""
 
-    __slots__ = ("a", "b", "c0", "batch")
+    __slots__ = ("a", "b", "c0", "batch", "qa", "qb")
 
     def __init__(self, a: float, b: float, c0: int, batch: int):
         self.a, self.b, self.c0, self.batch = a, b, c0, batch
+        self.qa = b * batch / 2  # elapsed(m) = qa m^2 + qb m, for the root's first guess
+        self.qb = a + b * c0 - self.qa
 
     def elapsed(self, m: int) -> float:
         return m * self.a + self.b * (m * self.c0 + self.batch * m * (m - 1) / 2)
@@ -380,8 +380,7 @@ class _StretchClock:
         elapsed() with t, exactly as a bisection over [1, k] would."""
         elapsed = self.elapsed
         lo, hi = 1, k
-        qa = self.b * self.batch / 2  # elapsed(m) = qa m^2 + qb m
-        qb = self.a + self.b * self.c0 - qa
+        qa, qb = self.qa, self.qb
         if qa > 0:
             root = (-qb + math.sqrt(max(qb * qb + 4 * qa * t, 0.0))) / (2 * qa)
         elif qb > 0:
@@ -404,6 +403,34 @@ class _StretchClock:
             else:
                 lo = mid + 1
         return lo
+
+    def steps_done(self, t: float, k: int) -> int:
+        """Of a k-step stretch t seconds in, the steps that have ended, its last excluded:
+        min(k - 1, the largest m with elapsed(m) <= t), as covering() answers it. The
+        quadratic's root is checked with elapsed()'s own arithmetic (inlined: the router asks
+        this of every instance at every arrival); covering() decides when the check fails."""
+        qa, qb = self.qa, self.qb
+        if qa > 0:
+            root = (-qb + math.sqrt(max(qb * qb + 4 * qa * t, 0.0))) / (2 * qa)
+        elif qb > 0:
+            root = t / qb
+        else:
+            root = -1.0
+        if 0.0 <= root < k:
+            a, b, c0, batch = self.a, self.b, self.c0, self.batch
+            g = int(root)
+            if g * a + b * (g * c0 + batch * g * (g - 1) / 2) <= t:
+                g1 = g + 1
+                if g1 * a + b * (g1 * c0 + batch * g1 * (g1 - 1) / 2) > t:
+                    return g
+            elif g > 0:
+                g1 = g - 1
+                if g1 * a + b * (g1 * c0 + batch * g1 * (g1 - 1) / 2) <= t:
+                    return g1
+        m = self.covering(t, k)
+        if self.elapsed(m) > t:
+            m -= 1
+        return min(m, k - 1)
 
     def append_ends(self, ends: array, start: float, n: int) -> None:
         """Append start + elapsed(m) for m = 1..n to ends (numpy for long runs: the same
