@@ -450,9 +450,14 @@ class Scheduler:
         before anything but the context lengths changes: a finish, or running out of blocks.
         With a blocked request waiting, also no eviction of its cached hits: that could let
         it in."""
-        if not self.running:
+        running = self.running
+        if not running:
             return 0
-        k = min(max_steps, min(r.remaining_outputs for r in self.running))
+        k = max_steps
+        for r in running:  # remaining_outputs, inlined
+            left = r.output_tokens - r.num_output
+            if left < k:
+                k = left
         if k <= 1:
             return 1
         pool, bs = self.pool, self.bs
@@ -462,10 +467,10 @@ class Scheduler:
         # is (m - 1) // bs plus one where s_r >= bs - (m - 1) % bs: a count in sorted s_r.
         base = 0
         rems = []
-        for r in self.running:
-            q, rem = divmod(r.num_computed, bs)
-            base += q + 1 - r.blocks_held
-            rems.append(rem)
+        for r in running:
+            c = r.num_computed
+            base += c // bs + 1 - r.cached_blocks - r.private_blocks
+            rems.append(c % bs)
         rems.sort()
         batch = len(rems)
 
@@ -502,10 +507,16 @@ class Scheduler:
             return []
         batch = [req for req, _n in plan.scheduled]
         if steps > 1:  # the first step's blocks were allocated when it was planned
+            # One allocation for the batch: evicting the same total at once takes the same
+            # blocks, oldest first, as one request after another would (decode_horizon
+            # checked that they fit).
+            total = 0
             for req in batch:
-                need = blocks_for(req.num_computed + todo, bs) - req.blocks_held
-                pool.allocate(need)
+                need = -(-(req.num_computed + todo) // bs) - req.cached_blocks - req.private_blocks
+                if need > 0:
+                    total += need
                 req.private_blocks += need
+            pool.allocate(total)
         finished = []
         for req in batch:
             req.num_computed += todo
