@@ -55,10 +55,14 @@ class Instance:
         # kernel_slowdown x the overlap. Estimated when the copy is issued, at the kernel's
         # nominal rate, so that the step's length is known when it starts.
         self._copy_busy_until = 0.0
+        gpu = paths.sc.gpu  # (the copy's fixed costs, looked up once)
+        self._copies_slow = bool(kernel_slowdown) and paths.kv.copy_method == "gather-kernel"
+        self._copy_launch_s = gpu.copy_kernel_launch_us * 1e-6
+        self._copy_rate = gpu.copy_kernel_gbps * 1e9
+        self._chunk_blocks = sched.tier.chunk_blocks if sched.tier is not None else 1
         # ... and a copy kernel loses rate beside compute: while a step runs, this GPU's load
         # kernels keep a measured share of their rate, by the step's kind (decode-like or
         # prefill-like). Off (None) without a measurement; DMA copies are not slowed.
-        gpu = paths.sc.gpu
         self._copy_beside = None
         if gpu.copy_kernel_beside_decode is not None and paths.kv.copy_method == "gather-kernel":
             self._copy_beside = (gpu.copy_kernel_beside_decode, gpu.copy_kernel_beside_prefill)
@@ -79,10 +83,9 @@ class Instance:
             self._wake.succeed()
 
     def _copy_issued(self, nblocks: int) -> None:
-        if not self.kernel_slowdown or self.paths.kv.copy_method != "gather-kernel":
+        if not self._copies_slow:
             return
-        gpu = self.paths.sc.gpu
-        dur = gpu.copy_kernel_launch_us * 1e-6 + nblocks * self.paths.rank_block_bytes / (gpu.copy_kernel_gbps * 1e9)
+        dur = self._copy_launch_s + nblocks * self.paths.rank_block_bytes / self._copy_rate
         self._copy_busy_until = max(self._copy_busy_until, self.env.now) + dur
 
     def _with_interference(self, t: float) -> float:
@@ -114,7 +117,7 @@ class Instance:
     def start_saves(self, saves: list[Save]) -> None:
         for save in saves:
             self.pending_saves += 1
-            self._copy_issued(len(save.keys) * self.sched.tier.chunk_blocks)
+            self._copy_issued(len(save.keys) * self._chunk_blocks)
             spawn(self.env, self._save(save))
 
     def step_ended(self) -> None:

@@ -166,6 +166,11 @@ class KVPaths:
         self.rpc_kind = self._rpc_kind()
         rpc = hw.cxl_rpc if self.rpc_kind == "cxl-slots" else hw.rdma_rpc
         self.rpc = RPCServer(rpc.rtt_us * 1e-6, 1.0 / (rpc.server_mops * 1e6))
+        # Constant for the run, looked up once: whether loads and saves have software stages,
+        # and each (place, direction)'s direct copy (_direct), built on its first transfer.
+        self._staged = {op: bool(self.stages.by_op[op]) for op in ("load", "save")}
+        self._routes: dict[tuple[str, str], _Copy] = {}
+        self._direct: dict[tuple[str, str], _Copy | None] = {}
 
     # -- helpers -------------------------------------------------------------------------
     def _rpc_kind(self) -> str:
@@ -244,38 +249,88 @@ class KVPaths:
         c, first = self._chunk_blocks, load.first_block
         chunks = (first + load.num_blocks - 1) // c - first // c + 1  # the chunks it reads from
         names = self._chunk_names(load) if self._places_by_key else []
-        load.thread_wait_s, load.software_s = yield from self.stages.run(
-            place.connector_thread, "load", chunks, nbytes / self.tp)
+        if self._staged["load"]:
+            load.thread_wait_s, load.software_s = yield from self.stages.run(
+                place.connector_thread, "load", chunks, nbytes / self.tp)
+        else:
+            load.thread_wait_s, load.software_s = 0.0, 0.0
         yield from self._move_ranks(place, nbytes, load.num_blocks, "load", names)
         self.stats.loads += 1
         self.stats.load_bytes += nbytes
         self.stats.load_time_s += self.env.now - t0
 
     def save(self, place: GPUPlace, save: Save):
+        env = self.env
+        keys = save.keys
         nblocks = len(save.chunk_indexes) * self._chunk_blocks
         nbytes = nblocks * self.block_bytes
-        t0 = self.env.now
-        save.thread_wait_s, save.software_s = yield from self.stages.run(
-            place.connector_thread, "save", len(save.keys), nbytes / self.tp)
-        yield from self._move_ranks(place, nbytes, nblocks, "store", save.keys)
+        t0 = env.now
+        if self._staged["save"]:
+            save.thread_wait_s, save.software_s = yield from self.stages.run(
+                place.connector_thread, "save", len(keys), nbytes / self.tp)
+        else:
+            save.thread_wait_s, save.software_s = 0.0, 0.0
+        direct = self._direct_copy(place, "store")
+        if direct is None:
+            yield from self._move_ranks(place, nbytes, nblocks, "store", keys)
+        else:  # _kernel_or_memcpy inline: the same events, one generator fewer per layer
+            flows = direct.flows(nbytes, keys)
+            launch, coherence, wait = direct.fixed(nblocks)
+            bd = self.stats.breakdown
+            bd["launch"] += launch
+            bd["coherence"] += coherence
+            yield env.timeout(wait)
+            yield self.fabric.transfer(flows)
+            if coherence:
+                yield env.timeout(coherence)
         if self.rpc_kind != "none":
-            calls = max(1, math.ceil(len(save.keys) / self.kv.rpc_keys_per_call))
+            calls = max(1, math.ceil(len(keys) / self.kv.rpc_keys_per_call))
             self.stats.rpc_calls += calls
-            t = self.rpc.call(self.env.now, calls)
+            t = self.rpc.call(env.now, calls)
             self.stats.breakdown["rpc"] += t
-            yield self.env.timeout(t)
-        self.stats.saves += 1
-        self.stats.save_bytes += nbytes
-        self.stats.save_time_s += self.env.now - t0
+            yield env.timeout(t)
+        stats = self.stats
+        stats.saves += 1
+        stats.save_bytes += nbytes
+        stats.save_time_s += env.now - t0
 
     def _move_ranks(self, place: GPUPlace, nbytes: float, nblocks: int, direction: str, keys: list[int]):
         """An instance's transfer: each rank moves its share of every block at the same time."""
         ranks = place.ranks or [place]
         if len(ranks) == 1:
-            yield from self._move(place, nbytes, nblocks, direction, keys)
+            direct = self._direct_copy(place, direction)
+            if direct is not None:
+                yield from self._kernel_or_memcpy(direct.flows(nbytes, keys), nblocks, direction,
+                                                  direct.pool_is_cxl, direct.latency_s)
+            else:
+                yield from self._move(place, nbytes, nblocks, direction, keys)
             return
         share = nbytes / len(ranks)
         yield self.env.all_of([self.env.process(self._move(r, share, nblocks, direction, keys)) for r in ranks])
+
+    def _direct_copy(self, place: GPUPlace, direction: str) -> _Copy | None:
+        """This place's copy in this direction when it is one GPU-side copy with nothing to
+        wait for first (one rank, no copy stream, a local-DRAM or CXL pool), else None."""
+        key = (place.name, direction)
+        try:
+            return self._direct[key]
+        except KeyError:
+            pass
+        direct = None
+        if (len(place.ranks or [place]) == 1 and place.streams.get(direction) is None
+                and self.kv.kind in ("local-dram", "cxl-pool")):
+            direct = self._copy_route(place, direction)
+        self._direct[key] = direct
+        return direct
+
+    def _copy_route(self, place: GPUPlace, direction: str) -> _Copy:
+        """One rank's GPU-side copy to or from a local-DRAM or CXL pool, built once per place
+        and direction."""
+        key = (place.name, direction)
+        route = self._routes.get(key)
+        if route is None:
+            route = self._routes[key] = _Copy(self, place, direction)
+        return route
 
     def _move(self, place: GPUPlace, nbytes: float, nblocks: int, direction: str, keys: list[int]):
         stream = place.streams.get(direction)
@@ -288,10 +343,10 @@ class KVPaths:
 
     def _move_now(self, place: GPUPlace, nbytes: float, nblocks: int, direction: str, keys: list[int]):
         kind = self.kv.kind
-        if kind == "local-dram":
-            yield from self._gpu_host_copy(place, nbytes, nblocks, direction, pool_is_cxl=False)
-        elif kind == "cxl-pool":
-            yield from self._cxl_copy(place, nbytes, nblocks, direction, keys)
+        if kind == "local-dram" or kind == "cxl-pool":
+            route = self._copy_route(place, direction)
+            yield from self._kernel_or_memcpy(route.flows(nbytes, keys), nblocks, direction,
+                                              route.pool_is_cxl, route.latency_s)
         elif kind == "rdma-pool":
             yield from self._rdma_copy(place, nbytes, nblocks, direction, keys)
         else:
@@ -314,41 +369,20 @@ class KVPaths:
             links.append(place.kernel_link_store if direction == "store" else place.kernel_link_load)
         return Path.of(links)
 
-    def _gpu_host_copy(self, place: GPUPlace, nbytes: float, nblocks: int, direction: str, pool_is_cxl: bool):
+    def _host_path(self, place: GPUPlace, direction: str) -> Path:
+        """GPU -> PCIe switch -> the socket's DRAM."""
         s, g, k, sock = place.server, place.gpu, place.pcie_switch, place.socket
         path = self._paths.get((s, g, k, sock, direction))
         if path is None:  # built once per place and direction
             path = self._paths[(s, g, k, sock, direction)] = self._gpu_path(
                 place, direction, f"s{s}.gpu{g}.{direction}", f"s{s}.psw{k}.{direction}", f"s{s}.dram{sock}")
+        return path
+
+    def _gpu_host_copy(self, place: GPUPlace, nbytes: float, nblocks: int, direction: str, pool_is_cxl: bool):
+        path = self._host_path(place, direction)
         hw = self.sc.hardware
         latency = hw.host.dram_latency_ns * 1e-9 + hw.pcie_switch.hop_latency_us * 1e-6
         yield from self._kernel_or_memcpy([(nbytes, path)], nblocks, direction, pool_is_cxl, latency)
-
-    def _cxl_copy(self, place: GPUPlace, nbytes: float, nblocks: int, direction: str, keys: list[int]):
-        cl, hw = self.sc.cluster, self.sc.hardware
-        if cl.cxl_adapters_per_server == 0 or cl.cxl_devices == 0:
-            raise ValueError("a cxl-pool system needs cxl_adapters_per_server > 0 and cxl_devices > 0")
-        if self.kv.interleave:
-            # an even split over every adapter, onto all devices as one
-            spread = self._paths.get(("interleaved", place.name, direction))
-            if spread is None:  # built once per place and direction
-                spread = self._paths[("interleaved", place.name, direction)] = [
-                    self._cxl_path(place, direction, a, "cxl.devices") for a in range(cl.cxl_adapters_per_server)]
-            b = nbytes / len(spread)
-            flows = [(b, path) for path in spread]
-        else:
-            # the socket-local adapter; each chunk lives on one device
-            sockets = hw.host.sockets
-            a = next((a for a in range(cl.cxl_adapters_per_server) if a % sockets == place.socket), 0)
-            per_dev: dict[int, float] = {}
-            chunk_bytes = self.block_bytes * self._chunk_blocks
-            for key in keys or [0]:
-                d = self._cxl_device_for(key)
-                per_dev[d] = per_dev.get(d, 0.0) + chunk_bytes
-            scale = nbytes / sum(per_dev.values())
-            flows = [(b * scale, self._cxl_path(place, direction, a, f"cxl.dev{d}")) for d, b in per_dev.items()]
-        latency = hw.cxl_switch.access_latency_ns * 1e-9
-        yield from self._kernel_or_memcpy(flows, nblocks, direction, True, latency)
 
     def _cxl_path(self, place: GPUPlace, direction: str, a: int, dev: str) -> Path:
         """GPU -> PCIe switch -> Root Complex P2P -> adapter a -> CXL switch -> dev (a link name)."""
@@ -426,3 +460,70 @@ class KVPaths:
             prev = self.env.process(second(unit))
         if prev is not None:
             yield prev
+
+
+class _Copy:
+    """One rank's GPU-side copy to or from a local-DRAM or CXL pool, from one place in one
+    direction: its flows for a transfer, the latency before its data moves and, per size,
+    its fixed costs (all constant for a run, so computed once)."""
+
+    __slots__ = ("paths", "direction", "pool_is_cxl", "latency_s", "flows", "_spread", "_dev_paths",
+                 "_adapter", "_place", "_fixed")
+
+    def __init__(self, paths: KVPaths, place: GPUPlace, direction: str):
+        self.paths, self.direction, self._place = paths, direction, place
+        self._fixed: dict[int, tuple[float, float, float]] = {}
+        cl, hw = paths.sc.cluster, paths.sc.hardware
+        if paths.kv.kind == "local-dram":
+            self.pool_is_cxl = False
+            self.latency_s = hw.host.dram_latency_ns * 1e-9 + hw.pcie_switch.hop_latency_us * 1e-6
+            self._spread = [paths._host_path(place, direction)]
+            self.flows = self._one_flow
+            return
+        if cl.cxl_adapters_per_server == 0 or cl.cxl_devices == 0:
+            raise ValueError("a cxl-pool system needs cxl_adapters_per_server > 0 and cxl_devices > 0")
+        self.pool_is_cxl = True
+        self.latency_s = hw.cxl_switch.access_latency_ns * 1e-9
+        if paths.kv.interleave:
+            # an even split over every adapter, onto all devices as one
+            self._spread = [paths._cxl_path(place, direction, a, "cxl.devices")
+                            for a in range(cl.cxl_adapters_per_server)]
+            self.flows = self._even_flows
+        else:
+            # the socket-local adapter; each chunk lives on one device
+            sockets = hw.host.sockets
+            self._adapter = next((a for a in range(cl.cxl_adapters_per_server) if a % sockets == place.socket), 0)
+            self._dev_paths: dict[int, Path] = {}
+            self.flows = self._device_flows
+
+    def fixed(self, nblocks: int) -> tuple[float, float, float]:
+        """(launch seconds, coherence seconds, launch + latency) for nblocks."""
+        f = self._fixed.get(nblocks)
+        if f is None:
+            launch, coherence = self.paths._gpu_copy_fixed(nblocks, self.direction, self.pool_is_cxl)
+            f = self._fixed[nblocks] = (launch, coherence, launch + self.latency_s)
+        return f
+
+    def _one_flow(self, nbytes: float, keys) -> list[tuple[float, Path]]:
+        return [(nbytes, self._spread[0])]
+
+    def _even_flows(self, nbytes: float, keys) -> list[tuple[float, Path]]:
+        b = nbytes / len(self._spread)
+        return [(b, path) for path in self._spread]
+
+    def _device_flows(self, nbytes: float, keys) -> list[tuple[float, Path]]:
+        paths = self.paths
+        per_dev: dict[int, float] = {}
+        chunk_bytes = paths.block_bytes * paths._chunk_blocks
+        for key in keys or [0]:
+            d = paths._cxl_device_for(key)
+            per_dev[d] = per_dev.get(d, 0.0) + chunk_bytes
+        scale = nbytes / sum(per_dev.values())
+        dev_paths = self._dev_paths
+        flows = []
+        for d, b in per_dev.items():
+            path = dev_paths.get(d)
+            if path is None:
+                path = dev_paths[d] = paths._cxl_path(self._place, self.direction, self._adapter, f"cxl.dev{d}")
+            flows.append((b * scale, path))
+        return flows
