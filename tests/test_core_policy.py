@@ -457,10 +457,10 @@ def test_saves_after_prefill_and_pending_saves_invisible_to_lookups():
     a = req(1, 100, 2, key_base=7)  # 6 full blocks, computed 64 tokens a step
     s.add(a)
     _plan, _f, _fin, saves = step(s, 0)
-    assert len(saves) == 1 and saves[0].chunk_indexes == [0, 1, 2, 3]
-    assert saves[0].keys == a.keys[:4]
+    assert len(saves) == 1 and list(saves[0].chunk_indexes) == [0, 1, 2, 3]
+    assert list(saves[0].keys) == list(a.keys[:4])
     _plan, _f, _fin, saves2 = step(s, 1)
-    assert [sv.chunk_indexes for sv in saves2] == [[4, 5]]
+    assert [list(sv.chunk_indexes) for sv in saves2] == [[4, 5]]
     # a second request with the same prompt on another instance sharing the tier: nothing
     # visible while the saves are in flight
     other = sched(tier=tier)

@@ -185,7 +185,8 @@ class TierMachine(RuleBasedStateMachine):
         self.ref = ReferenceTier(capacity, chunk_blocks)
         self.c = chunk_blocks
         self.prompts = tier_prompts(chunk_blocks)
-        self.saving: list[tuple[list[int], list[int], list[int]]] = []  # keys, chunk indexes, names
+        self.saving: list[tuple] = []  # keys, chunk indexes, names, owner
+        self.owners = [_Owner() for _ in self.prompts]  # requests with their tier hints
 
     @rule(p=st.integers(0, 5), start=st.integers(0, 3), upto=st.integers(0, 10))
     def begin_save(self, p, start, upto):
@@ -197,13 +198,27 @@ class TierMachine(RuleBasedStateMachine):
         self.tier.begin_save(keys, want)
         self.ref.begin_save(names)
         if want:
-            self.saving.append((keys, want, names))
+            self.saving.append((keys, want, names, None))
+
+    @rule(p=st.integers(0, 5), start=st.integers(0, 3), upto=st.integers(0, 10))
+    def begin_wanted(self, p, start, upto):
+        """The scheduler's way: wanted and begin_save in one call, from the prompt's hint."""
+        keys = self.prompts[p]
+        upto = min(upto, len(keys) // self.c)
+        want = self.ref.wanted(keys, upto * self.c, start)
+        got = self.tier.begin_wanted(keys, upto * self.c, start, self.owners[p])
+        assert (got is None) == (not want)
+        if want:
+            idx, names = got
+            assert list(idx) == want and list(names) == [keys[(i + 1) * self.c - 1] for i in want]
+            self.ref.begin_save(names)
+            self.saving.append((keys, idx, names, self.owners[p]))
 
     @precondition(lambda self: self.saving)
     @rule(i=st.integers(0, 100))
     def end_save(self, i):
-        keys, want, names = self.saving.pop(i % len(self.saving))
-        assert self.tier.end_save(keys, want) == self.ref.end_save(names)
+        keys, want, names, owner = self.saving.pop(i % len(self.saving))
+        assert self.tier.end_save(keys, want, owner) == self.ref.end_save(names)
 
     @rule(p=st.integers(0, 5), limit=st.integers(0, 10), data=st.data())
     def touch(self, p, limit, data):
@@ -222,7 +237,7 @@ class TierMachine(RuleBasedStateMachine):
         t, ref = self.tier, self.ref
         assert list(t.chunks) == list(ref.chunks)  # the same chunks, in the same eviction order
         assert len(t.chunks) == len(ref.chunks) <= t.capacity
-        assert t.pending == ref.pending == {n for *_, names in self.saving for n in names}
+        assert t.pending == ref.pending == {n for _, _, names, _ in self.saving for n in names}
         assert (t.evictions, t.inserted) == (ref.evictions, ref.inserted)
         for keys in self.prompts:
             assert t.match(keys, len(keys)) == ref.match(keys, len(keys))
@@ -235,9 +250,15 @@ class TierMachine(RuleBasedStateMachine):
     def teardown(self):
         if hasattr(self, "tier"):
             while self.saving:
-                keys, want, names = self.saving.pop()
-                assert self.tier.end_save(keys, want) == self.ref.end_save(names)
+                keys, want, names, owner = self.saving.pop()
+                assert self.tier.end_save(keys, want, owner) == self.ref.end_save(names)
             self.tier.check()
+
+
+class _Owner:
+    """A request as the tier sees it: its hint of where its last walk ended."""
+
+    tier_hint = None
 
 
 TierMachine.TestCase.settings = PROPS

@@ -44,7 +44,7 @@ class Load:
 @dataclass(slots=True)
 class Save:
     request: Request
-    chunk_indexes: list[int]
+    chunk_indexes: Sequence[int]  # sorted (a range when they are one run)
     keys: Sequence[int]
     thread_wait_s: float = 0.0
     software_s: float = 0.0
@@ -407,14 +407,12 @@ class Scheduler:
         upto_chunk = full_blocks // tier.chunk_blocks
         if upto_chunk <= req.saved_chunks:
             return None
-        idx = tier.wanted(req.keys, full_blocks, req.saved_chunks, req)
+        wanted = tier.begin_wanted(req.keys, full_blocks, req.saved_chunks, req)
         req.saved_chunks = upto_chunk
-        if not idx:
+        if wanted is None:
             return None
-        keys = tier.chunk_names(req.keys, idx)
-        tier.begin_save(req.keys, idx, req)
         req.saves_in_flight += 1
-        return Save(req, idx, keys)
+        return Save(req, *wanted)
 
     def save_done(self, save: Save) -> bool:
         """A save landed (the tier was updated by the caller). Returns True if it freed the

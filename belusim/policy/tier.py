@@ -281,6 +281,49 @@ class TierIndex:
             node, d = child, d + m
         return out
 
+    def begin_wanted(self, block_keys: Sequence[int], upto_blocks: int, from_chunk: int, owner=None):
+        """wanted(), then begin_save() of what it found, with the chunks' names: (chunk
+        indexes, names), or None when none is wanted. In the usual case (the wanted chunks
+        are where the path leaves the tree, after what is stored or pending) one walk does
+        both, and the indexes are a range and the names a slice of block_keys."""
+        c = self.chunk_blocks
+        end = upto_blocks // c
+        if from_chunk >= end:
+            return None
+        names = self.names(block_keys, upto_blocks)
+        node, d = self._start(names, owner, from_chunk)
+        while d < end:
+            child = node.children.get(names[d])
+            if child is None:
+                break
+            n = len(child.keys)
+            m = common_prefix_len(child.keys, names, d, min(n, end - d))
+            if m < n or (child.state == GONE and d + m > from_chunk):
+                return self._begin_wanted_walking(block_keys, upto_blocks, from_chunk, owner)
+            node, d = child, d + m
+        else:
+            return None  # all stored or pending
+        # begin_save's walk would go down the same runs (whole, none GONE past from_chunk)
+        # to this node, its last one, and hang the pending run (after a placeholder) here.
+        first = max(d, from_chunk)
+        if owner is not None and node is not self.root:
+            owner.tier_hint = (self, node)
+        if d < first:
+            child = TierNode(names[d:first], d, node)
+            node.children[names[d]] = child
+            node, d = child, first
+        node.children[names[d]] = TierNode(names[d:end], d, node, PENDING)
+        self.pending_chunks += end - first
+        return range(first, end), block_keys[(first + 1) * c - 1:end * c:c]
+
+    def _begin_wanted_walking(self, block_keys, upto_blocks: int, from_chunk: int, owner):
+        idx = self.wanted(block_keys, upto_blocks, from_chunk, owner)
+        if not idx:
+            return None
+        names = self.chunk_names(block_keys, idx)
+        self.begin_save(block_keys, idx, owner)
+        return idx, names
+
     def begin_save(self, block_keys, chunk_indexes: list[int], owner=None) -> None:
         """These chunks (none stored or pending) are being written: pending until end_save."""
         if not chunk_indexes:
