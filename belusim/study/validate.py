@@ -79,7 +79,7 @@ def validate(scenario: Scenario, system_name: str | None, backend_kind: str, poo
     t0 = time.perf_counter()
     backend = make_backend(backend_kind, scenario, system, kv_blocks, pool_spec, progress)
     setup_s = time.perf_counter() - t0
-    meas = Recorder()
+    meas = Recorder(itl_exact_gaps=scenario.run.itl_exact_gaps)
 
     def record(req, inst):
         itl = itl_samples(inst.step_ends, req) if req.state.value == "finished" else None
