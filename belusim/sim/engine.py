@@ -377,18 +377,23 @@ class _StretchClock:
     def elapsed(self, m: int) -> float:
         return m * self.a + self.b * (m * self.c0 + self.batch * m * (m - 1) / 2)
 
+    def _root(self, t: float) -> float:
+        """The real m with qa m^2 + qb m = t (NaN if no step takes time): a first guess only."""
+        qa, qb = self.qa, self.qb
+        if qa > 0:
+            return (-qb + math.sqrt(max(qb * qb + 4 * qa * t, 0.0))) / (2 * qa)
+        if qb > 0:
+            return t / qb
+        return math.nan
+
     def covering(self, t: float, k: int) -> int:
         """The smallest m in [1, k] with elapsed(m) >= t (k if none). The quadratic's root
         is only a first guess that narrows the search: every answer comes from comparing
         elapsed() with t, exactly as a bisection over [1, k] would."""
         elapsed = self.elapsed
         lo, hi = 1, k
-        qa, qb = self.qa, self.qb
-        if qa > 0:
-            root = (-qb + math.sqrt(max(qb * qb + 4 * qa * t, 0.0))) / (2 * qa)
-        elif qb > 0:
-            root = t / qb
-        else:
+        root = self._root(t)
+        if root != root:  # NaN: no step takes time
             root = 1.0
         g = min(max(math.ceil(root) if math.isfinite(root) else k, 1), k)
         if elapsed(g) >= t:
@@ -412,13 +417,7 @@ class _StretchClock:
         min(k - 1, the largest m with elapsed(m) <= t), as covering() answers it. The
         quadratic's root is checked with elapsed()'s own arithmetic (inlined: the router asks
         this of every instance at every arrival); covering() decides when the check fails."""
-        qa, qb = self.qa, self.qb
-        if qa > 0:
-            root = (-qb + math.sqrt(max(qb * qb + 4 * qa * t, 0.0))) / (2 * qa)
-        elif qb > 0:
-            root = t / qb
-        else:
-            root = -1.0
+        root = self._root(t)
         if 0.0 <= root < k:
             a, b, c0, batch = self.a, self.b, self.c0, self.batch
             g = int(root)
