@@ -10,10 +10,8 @@ work) are added by the caller around `flow()`; this module only moves bytes.
 from __future__ import annotations
 
 import math
-from collections import Counter
+from bisect import insort
 from dataclasses import dataclass, field
-from itertools import compress, repeat
-from operator import le, mul, sub, truediv
 
 import simpy
 
@@ -91,6 +89,7 @@ class Fabric:
         # Rates by the kinds of flows in flight (see _assign_rates); a kind is a (links, cap)
         self._rates_seen: dict[tuple, tuple[dict, float]] = {}
         self._kinds: dict[tuple, int] = {}
+        self._in_flight: list[int] = []  # the kinds of the active flows, sorted: the key of their rates
         self.bytes_requested = 0.0  # asked of flow()
         self.bytes_delivered = 0.0  # the sizes of the flows that finished
         self.bytes_moved = 0.0  # rate integrated over time: what the links really carried
@@ -170,6 +169,7 @@ class Fabric:
             kinds = self._kinds
             kind = kinds.setdefault((path.links, cap), len(kinds))
             f = Flow(nbytes, path.links, path.uniq, cap, t, nbytes, 0.0, now, path.repeats, kind)
+            insort(self._in_flight, kind)
             for link in path.links:
                 n = link.crossings
                 if not n:
@@ -312,6 +312,7 @@ class Fabric:
                     for link in f.uniq:
                         self._bin(link, now, now, link.bytes_carried - link._binned)
                         link._binned = link.bytes_carried
+                self._in_flight.remove(f.kind)
                 self.bytes_delivered += f.nbytes
                 self.max_residual = max(self.max_residual, rem)
                 self.flows_finished += 1
@@ -331,11 +332,10 @@ class Fabric:
         # takes minima over links and flows and updates each link's spare capacity on its
         # own. The same transfers in flight get the same rates again (a lone transfer of a
         # few flows, the common case, every time its instance saves).
-        active = self._active
-        key = tuple(sorted([f.kind for f in active]))
+        key = tuple(self._in_flight)
         seen = self._rates_seen.get(key)
         if seen is None:
-            rates = self._fill(active)
+            rates = self._fill(self._active)
             seen = rates, min(rates.values())
             if len(self._rates_seen) >= _RATES_SEEN_MAX:
                 self._rates_seen.clear()
@@ -345,50 +345,54 @@ class Fabric:
     def _fill(self, active: list[Flow]) -> dict[int, float]:
         """Progressive filling: raise all unfrozen rates together until a link or cap binds.
         Unfrozen flows all have the same rate (they rose together from 0): it is kept once,
-        in r, with each link's count of unfrozen flows crossing it. Flows of one kind freeze
-        together, so they are handled once, with the links they cross as often as they do."""
+        in r, with each link's count of unfrozen flows crossing it (at first, every flow in
+        flight: the links' crossings). Flows of one kind freeze together: each kind once."""
         inf = math.inf
-        links = list(self._busy)  # the links the flows in flight cross
-        counts = [link.crossings for link in links]
-        spare = [link.capacity for link in links]
-        tiny = [c * 1e-12 for c in spare]  # at most this much spare: saturated
-        unfrozen = list({f.kind: f for f in active}.values())  # one flow of each kind
+        counts: dict[Link, int] = {}
+        spare: dict[Link, float] = {}
+        inc = inf  # the smallest fair increment any link allows
+        for link in self._busy:
+            n = counts[link] = link.crossings
+            c = spare[link] = link.capacity
+            v = c / n
+            if v < inc:
+                inc = v
+        unfrozen = list({f.kind: f for f in active}.values())
         rates: dict[int, float] = {}
-        where = many = None  # each link's index, each kind's flows: once a second round needs them
         r = 0.0
-        while unfrozen:
-            # the smallest fair increment any link or flow cap allows (a link no unfrozen
-            # flow crosses has spare inf over a count of 1: never the least)
-            inc = min(map(truediv, spare, counts), default=inf)
+        while True:
             cap = min([f.cap for f in unfrozen])
             inc = max(min(inc, cap - r), 0.0)
             r += inc
-            spare = list(map(sub, spare, map(mul, repeat(inc), counts)))
-            full = list(map(le, spare, tiny))
-            saturated = set(compress(links, full)) if True in full else None
+            saturated = set()
+            for link, n in counts.items():
+                left = spare[link] = spare[link] - inc * n
+                if left <= link.capacity * 1e-12:
+                    saturated.add(link)
             # freeze flows on saturated links or at their caps
-            keep, frozen = [], []
+            keep = []
             for f in unfrozen:
                 if (f.cap < inf and f.cap - r <= f.cap * 1e-12) or (saturated and not saturated.isdisjoint(f.links)):
                     rates[f.kind] = r
-                    frozen.append(f)
                 else:
                     keep.append(f)
-            if not keep or not frozen:  # not frozen: cannot happen with exact arithmetic
+            if not keep or len(keep) == len(unfrozen):  # the second: cannot happen with exact arithmetic
                 break
             unfrozen = keep
-            if where is None:
-                where = {link: i for i, link in enumerate(links)}
-                many = Counter([f.kind for f in active])
-            for f in frozen:
-                m = many[f.kind]
-                for link in f.links:
-                    i = where[link]
-                    n = counts[i] - m
-                    if n:
-                        counts[i] = n
-                    else:
-                        counts[i], spare[i] = 1, inf
+            for f in active:
+                if f.kind in rates:
+                    for link in f.links:
+                        n = counts[link] - 1
+                        if n:
+                            counts[link] = n
+                        else:
+                            del counts[link]
+            active = [f for f in active if f.kind not in rates]
+            inc = inf
+            for link, n in counts.items():
+                v = spare[link] / n
+                if v < inc:
+                    inc = v
         for f in keep:
             rates[f.kind] = r
         return rates
