@@ -263,3 +263,20 @@ def test_rates_are_exactly_progressive_fillings_whatever_the_order_and_memory(en
             f._reschedule()
             assert f.active_flows == 0
     assert rounds > 30 and checked > 3000  # many sets took several rounds of filling
+
+
+@pytest.mark.parametrize("now", [3e4, 1e6])
+def test_a_flow_due_within_the_clocks_resolution_lands_late_in_a_long_run(now):
+    """Late in a run the clock cannot tell apart times closer than its float spacing (3.6 ps
+    at 30,000 s): a flow due in less than that (and more than the 1 ps tolerance) must land,
+    not re-arm a timer that fires at the same instant for ever."""
+    env = simpy.Environment(initial_time=now)
+    f = Fabric(env)
+    f.add_link("L", 1)  # 1 GB/s: 1.5e-3 bytes take 1.5 ps
+    done = f.flow(1.5e-3, [f.link("L")])
+    for _ in range(1000):
+        if done.triggered or not env._queue:
+            break
+        env.step()
+    assert done.triggered and env.now == now
+    assert f.flows_started == f.flows_finished == 1 and not f.conservation_problems()
