@@ -185,7 +185,7 @@ class TierMachine(RuleBasedStateMachine):
         self.ref = ReferenceTier(capacity, chunk_blocks)
         self.c = chunk_blocks
         self.prompts = tier_prompts(chunk_blocks)
-        self.saving: list[tuple] = []  # keys, chunk indexes, names, owner
+        self.saving: list[tuple] = []  # keys, chunk indexes, names, owner, pending run
         self.owners = [_Owner() for _ in self.prompts]  # requests with their tier hints
 
     @rule(p=st.integers(0, 5), start=st.integers(0, 3), upto=st.integers(0, 10))
@@ -198,7 +198,7 @@ class TierMachine(RuleBasedStateMachine):
         self.tier.begin_save(keys, want)
         self.ref.begin_save(names)
         if want:
-            self.saving.append((keys, want, names, None))
+            self.saving.append((keys, want, names, None, None))
 
     @rule(p=st.integers(0, 5), start=st.integers(0, 3), upto=st.integers(0, 10))
     def begin_wanted(self, p, start, upto):
@@ -209,16 +209,16 @@ class TierMachine(RuleBasedStateMachine):
         got = self.tier.begin_wanted(keys, upto * self.c, start, self.owners[p])
         assert (got is None) == (not want)
         if want:
-            idx, names = got
+            idx, names, run = got
             assert list(idx) == want and list(names) == [keys[(i + 1) * self.c - 1] for i in want]
             self.ref.begin_save(names)
-            self.saving.append((keys, idx, names, self.owners[p]))
+            self.saving.append((keys, idx, names, self.owners[p], run))
 
     @precondition(lambda self: self.saving)
     @rule(i=st.integers(0, 100))
     def end_save(self, i):
-        keys, want, names, owner = self.saving.pop(i % len(self.saving))
-        assert self.tier.end_save(keys, want, owner) == self.ref.end_save(names)
+        keys, want, names, owner, run = self.saving.pop(i % len(self.saving))
+        assert self.tier.end_save(keys, want, owner, run) == self.ref.end_save(names)
 
     @rule(p=st.integers(0, 5), limit=st.integers(0, 10), data=st.data())
     def touch(self, p, limit, data):
@@ -237,7 +237,7 @@ class TierMachine(RuleBasedStateMachine):
         t, ref = self.tier, self.ref
         assert list(t.chunks) == list(ref.chunks)  # the same chunks, in the same eviction order
         assert len(t.chunks) == len(ref.chunks) <= t.capacity
-        assert t.pending == ref.pending == {n for _, _, names, _ in self.saving for n in names}
+        assert t.pending == ref.pending == {n for _, _, names, *_ in self.saving for n in names}
         assert (t.evictions, t.inserted) == (ref.evictions, ref.inserted)
         for keys in self.prompts:
             assert t.match(keys, len(keys)) == ref.match(keys, len(keys))
@@ -250,8 +250,8 @@ class TierMachine(RuleBasedStateMachine):
     def teardown(self):
         if hasattr(self, "tier"):
             while self.saving:
-                keys, want, names, owner = self.saving.pop()
-                assert self.tier.end_save(keys, want, owner) == self.ref.end_save(names)
+                keys, want, names, owner, run = self.saving.pop()
+                assert self.tier.end_save(keys, want, owner, run) == self.ref.end_save(names)
             self.tier.check()
 
 

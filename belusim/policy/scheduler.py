@@ -48,6 +48,7 @@ class Save:
     keys: Sequence[int]
     thread_wait_s: float = 0.0
     software_s: float = 0.0
+    tier_run: object = None  # the tier's pending run of these chunks (TierIndex.end_save's shortcut)
 
 
 @dataclass(slots=True)
@@ -412,7 +413,8 @@ class Scheduler:
         if wanted is None:
             return None
         req.saves_in_flight += 1
-        return Save(req, *wanted)
+        idx, keys, run = wanted
+        return Save(req, idx, keys, tier_run=run)
 
     def save_done(self, save: Save) -> bool:
         """A save landed (the tier was updated by the caller). Returns True if it freed the

@@ -112,13 +112,15 @@ def load_landed(sched: Scheduler, load: Load, now: float) -> None:
 
 def save_landed(sched: Scheduler, save: Save, on_evicted, wake, on_woken=None) -> None:
     """A save's data landed: the tier stores its chunks (on_evicted(evicted) sees what that
-    pushed out, on_woken(requests) the blocked requests whose lookup that may change: any
+    pushed out, unless None; on_woken(requests) the blocked requests whose lookup that may change: any
     instance's, the tier may be shared); wake() if that freed a finished request's held
     blocks (the head may fit now); then the request's on_saved callback runs once its last
     save landed."""
     tier = sched.tier
-    evicted = tier.end_save(save.request.keys, save.chunk_indexes, save.request)
-    on_evicted(evicted)
+    evicted = tier.end_save(save.request.keys, save.chunk_indexes, save.request, save.tier_run,
+                            report=on_evicted is not None)
+    if on_evicted is not None:
+        on_evicted(evicted)
     woken = tier.take_woken()
     if woken and on_woken is not None:
         on_woken(woken)

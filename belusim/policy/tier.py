@@ -283,9 +283,10 @@ class TierIndex:
 
     def begin_wanted(self, block_keys: Sequence[int], upto_blocks: int, from_chunk: int, owner=None):
         """wanted(), then begin_save() of what it found, with the chunks' names: (chunk
-        indexes, names), or None when none is wanted. In the usual case (the wanted chunks
-        are where the path leaves the tree, after what is stored or pending) one walk does
-        both, and the indexes are a range and the names a slice of block_keys."""
+        indexes, names, run), or None when none is wanted. In the usual case (the wanted
+        chunks are where the path leaves the tree, after what is stored or pending) one walk
+        does both, the indexes are a range, the names a slice of block_keys and `run` the
+        pending run made for them (for end_save; else None)."""
         c = self.chunk_blocks
         end = upto_blocks // c
         if from_chunk >= end:
@@ -312,9 +313,9 @@ class TierIndex:
             child = TierNode(names[d:first], d, node)
             node.children[names[d]] = child
             node, d = child, first
-        node.children[names[d]] = TierNode(names[d:end], d, node, PENDING)
+        run = node.children[names[d]] = TierNode(names[d:end], d, node, PENDING)
         self.pending_chunks += end - first
-        return range(first, end), block_keys[(first + 1) * c - 1:end * c:c]
+        return range(first, end), block_keys[(first + 1) * c - 1:end * c:c], run
 
     def _begin_wanted_walking(self, block_keys, upto_blocks: int, from_chunk: int, owner):
         idx = self.wanted(block_keys, upto_blocks, from_chunk, owner)
@@ -322,7 +323,7 @@ class TierIndex:
             return None
         names = self.chunk_names(block_keys, idx)
         self.begin_save(block_keys, idx, owner)
-        return idx, names
+        return idx, names, None
 
     def begin_save(self, block_keys, chunk_indexes: list[int], owner=None) -> None:
         """These chunks (none stored or pending) are being written: pending until end_save."""
@@ -358,36 +359,49 @@ class TierIndex:
             if owner is not None:
                 owner.tier_hint = (self, child)
 
-    def end_save(self, block_keys, chunk_indexes: list[int], owner=None) -> list[int]:
+    def end_save(self, block_keys, chunk_indexes: list[int], owner=None, run: TierNode | None = None,
+                 report: bool = True) -> list[int]:
         """Store the chunks (at the young end, in prompt order); returns the chunk names
-        evicted to make room, oldest first."""
+        evicted to make room, oldest first ([] if not `report`). run: the pending run that
+        begin_wanted made for these chunks, if it did (a shortcut: used if it is still
+        exactly them)."""
         if not chunk_indexes:
             return []
-        names = self.names(block_keys, (chunk_indexes[-1] + 1) * self.chunk_blocks)
         head = self._lru
-        ranges = list(_ranges(chunk_indexes))
-        for a, b in ranges:
-            for node in self._walk(names, b, self._start(names, owner, a)):
-                if node.depth >= a:
-                    if node.state != PENDING:
-                        raise AssertionError(f"tier {self.name}: a save ended that never began")
-                    node.state = STORED
-                    tail = head.prev
-                    node.prev, node.next = tail, head
-                    tail.next = head.prev = node
+        n = len(chunk_indexes)
+        if run is not None and run.state == PENDING and len(run.keys) == n:
+            # Unsplit since (a split leaves a run shorter; a pending run is never dropped):
+            # the walk below would store this run and nothing else.
+            ranges = ((run.depth, run.depth + n),)
+            run.state = STORED
+            tail = head.prev
+            run.prev, run.next = tail, head
+            tail.next = head.prev = run
+        else:
+            names = self.names(block_keys, (chunk_indexes[-1] + 1) * self.chunk_blocks)
+            ranges = list(_ranges(chunk_indexes))
+            for a, b in ranges:
+                for node in self._walk(names, b, self._start(names, owner, a)):
+                    if node.depth >= a:
+                        if node.state != PENDING:
+                            raise AssertionError(f"tier {self.name}: a save ended that never began")
+                        node.state = STORED
+                        tail = head.prev
+                        node.prev, node.next = tail, head
+                        tail.next = head.prev = node
         if self._watchers:
             self._wake_stored(block_keys, ranges)
-        n = len(chunk_indexes)
         self.pending_chunks -= n
         self.stored += n
         self.inserted += n
         over = self.stored - self.capacity
         if over <= 0:
             return []
-        return self._evict(over)
+        return self._evict(over, report)
 
-    def _evict(self, count: int) -> list[int]:
-        """Evict `count` chunks from the old end, a run's first chunks first."""
+    def _evict(self, count: int, report: bool = True) -> list[int]:
+        """Evict `count` chunks from the old end, a run's first chunks first; returns their
+        names if `report`."""
         head = self._lru
         self.evictions += count
         self.stored -= count
@@ -397,7 +411,8 @@ class TierIndex:
             n = len(node.keys)
             if n > count:  # its first `count` go; node keeps its place with the rest
                 node = _split(node, count, keep_bottom=True, link=False)
-                evicted.extend(node.keys)
+                if report:
+                    evicted.extend(node.keys)
                 if self._watchers:
                     self._wake_evicted(node.depth, node.keys[0])
                 self._drop(node)
@@ -405,7 +420,8 @@ class TierIndex:
             nxt = node.next
             head.next, nxt.prev = nxt, head
             node.prev = node.next = None
-            evicted.extend(node.keys)
+            if report:
+                evicted.extend(node.keys)
             if self._watchers:
                 self._wake_evicted(node.depth, node.keys[0])
             self._drop(node)

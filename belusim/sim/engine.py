@@ -312,7 +312,7 @@ class Instance:
     def _save(self, save: Save):
         yield from self.paths.save(self.place, save)
         self.pending_saves -= 1
-        save_landed(self.sched, save, _ignore, self.notify, self._wake_blocked)
+        save_landed(self.sched, save, None, self.notify, self._wake_blocked)
 
     def _wake_blocked(self, woken: list[Request]) -> None:
         """The tier changed the lookup of these blocked requests: an instance decoding a
@@ -350,10 +350,6 @@ def spawn(env: simpy.Environment, gen) -> None:
 
 (_QUEUE, _COMPUTE, _WIRE, _SOFTWARE, _THREAD, _LOOKUP, _RPC, _SAVE, _OTHERS) = range(len(TTFT_PARTS))
 assert TTFT_PARTS[_OTHERS] == "others_loads" and TTFT_PARTS[_WIRE] == "kv_load_wire"
-
-
-def _ignore(_evicted) -> None:
-    pass
 
 
 def _charge_load(parts: list[float], load: Load, seconds: float) -> None:
