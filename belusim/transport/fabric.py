@@ -304,7 +304,7 @@ class Fabric:
             # done: (nearly) no bytes left, or due within a picosecond or within the clock's
             # resolution (late in a long run, now + due == now: its timer would fire at this
             # same instant for ever)
-            if rem <= _EPS_BYTES or (f.rate > 0 and (rem / f.rate < 1e-12 or now + rem / f.rate <= now)):
+            if rem <= _EPS_BYTES or (f.rate > 0 and ((due := rem / f.rate) < 1e-12 or now + due <= now)):
                 for link in f.links:
                     link.bytes_carried += rem
                     n = link.crossings = link.crossings - 1
