@@ -273,16 +273,8 @@ class KVPaths:
         direct = self._direct_copy(place, "store")
         if direct is None:
             yield from self._move_ranks(place, nbytes, nblocks, "store", keys)
-        else:  # _kernel_or_memcpy inline: the same events, one generator fewer per layer
-            flows = direct.flows(nbytes, keys)
-            launch, coherence, wait = direct.fixed(nblocks)
-            bd = self.stats.breakdown
-            bd["launch"] += launch
-            bd["coherence"] += coherence
-            yield env.timeout(wait)
-            yield self.fabric.transfer(flows)
-            if coherence:
-                yield env.timeout(coherence)
+        else:  # the one-rank copy without _move_ranks' layers: the same events
+            yield from direct.move(nbytes, nblocks, keys)
         if self.rpc_kind != "none":
             calls = max(1, math.ceil(len(keys) / self.kv.rpc_keys_per_call))
             self.stats.rpc_calls += calls
@@ -300,8 +292,7 @@ class KVPaths:
         if len(ranks) == 1:
             direct = self._direct_copy(place, direction)
             if direct is not None:
-                yield from self._kernel_or_memcpy(direct.flows(nbytes, keys), nblocks, direction,
-                                                  direct.pool_is_cxl, direct.latency_s)
+                yield from direct.move(nbytes, nblocks, keys)
             else:
                 yield from self._move(place, nbytes, nblocks, direction, keys)
             return
@@ -319,17 +310,17 @@ class KVPaths:
         direct = None
         if (len(place.ranks or [place]) == 1 and place.streams.get(direction) is None
                 and self.kv.kind in ("local-dram", "cxl-pool")):
-            direct = self._copy_route(place, direction)
+            direct = self._copy_route(place, direction, self.kv.kind == "cxl-pool")
         self._direct[key] = direct
         return direct
 
-    def _copy_route(self, place: GPUPlace, direction: str) -> _Copy:
-        """One rank's GPU-side copy to or from a local-DRAM or CXL pool, built once per place
-        and direction."""
-        key = (place.name, direction)
+    def _copy_route(self, place: GPUPlace, direction: str, to_cxl: bool) -> _Copy:
+        """One rank's GPU-side copy to or from the CXL pool (to_cxl) or host DRAM (a
+        local-DRAM pool, or an RDMA pool's bounce buffer), built once per place and direction."""
+        key = (place.name, direction, to_cxl)
         route = self._routes.get(key)
         if route is None:
-            route = self._routes[key] = _Copy(self, place, direction)
+            route = self._routes[key] = _Copy(self, place, direction, to_cxl)
         return route
 
     def _move(self, place: GPUPlace, nbytes: float, nblocks: int, direction: str, keys: list[int]):
@@ -344,23 +335,11 @@ class KVPaths:
     def _move_now(self, place: GPUPlace, nbytes: float, nblocks: int, direction: str, keys: list[int]):
         kind = self.kv.kind
         if kind == "local-dram" or kind == "cxl-pool":
-            route = self._copy_route(place, direction)
-            yield from self._kernel_or_memcpy(route.flows(nbytes, keys), nblocks, direction,
-                                              route.pool_is_cxl, route.latency_s)
+            yield from self._copy_route(place, direction, kind == "cxl-pool").move(nbytes, nblocks, keys)
         elif kind == "rdma-pool":
             yield from self._rdma_copy(place, nbytes, nblocks, direction, keys)
         else:
             raise ValueError(f"KV system {kind!r} has no external tier")
-
-    def _kernel_or_memcpy(self, flows: list[tuple[float, Path]], nblocks: int,
-                          direction: str, pool_is_cxl: bool, latency_s: float):
-        launch, coherence = self._gpu_copy_fixed(nblocks, direction, pool_is_cxl)
-        self.stats.breakdown["launch"] += launch
-        self.stats.breakdown["coherence"] += coherence
-        yield self.env.timeout(launch + latency_s)
-        yield self.fabric.transfer(flows)
-        if coherence:
-            yield self.env.timeout(coherence)
 
     def _gpu_path(self, place: GPUPlace, direction: str, *names: str) -> Path:
         """A GPU-side path: the named links, then (gather kernel) the GPU's copy-kernel link."""
@@ -377,12 +356,6 @@ class KVPaths:
             path = self._paths[(s, g, k, sock, direction)] = self._gpu_path(
                 place, direction, f"s{s}.gpu{g}.{direction}", f"s{s}.psw{k}.{direction}", f"s{s}.dram{sock}")
         return path
-
-    def _gpu_host_copy(self, place: GPUPlace, nbytes: float, nblocks: int, direction: str, pool_is_cxl: bool):
-        path = self._host_path(place, direction)
-        hw = self.sc.hardware
-        latency = hw.host.dram_latency_ns * 1e-9 + hw.pcie_switch.hop_latency_us * 1e-6
-        yield from self._kernel_or_memcpy([(nbytes, path)], nblocks, direction, pool_is_cxl, latency)
 
     def _cxl_path(self, place: GPUPlace, direction: str, a: int, dev: str) -> Path:
         """GPU -> PCIe switch -> Root Complex P2P -> adapter a -> CXL switch -> dev (a link name)."""
@@ -448,7 +421,7 @@ class KVPaths:
                 yield self.env.timeout(net_latency)
 
         def staging(unit: int):
-            yield from self._gpu_host_copy(place, unit * per_block, unit, direction, pool_is_cxl=False)
+            yield from self._copy_route(place, direction, False).move(unit * per_block, unit, [])
 
         # Two-stage pipeline: the next unit's first step overlaps this unit's second.
         first, second = (staging, network) if direction == "store" else (network, staging)
@@ -463,18 +436,18 @@ class KVPaths:
 
 
 class _Copy:
-    """One rank's GPU-side copy to or from a local-DRAM or CXL pool, from one place in one
+    """One rank's GPU-side copy to or from the CXL pool or host DRAM, from one place in one
     direction: its flows for a transfer, the latency before its data moves and, per size,
     its fixed costs (all constant for a run, so computed once)."""
 
     __slots__ = ("paths", "direction", "pool_is_cxl", "latency_s", "flows", "_spread", "_dev_paths",
                  "_adapter", "_place", "_fixed")
 
-    def __init__(self, paths: KVPaths, place: GPUPlace, direction: str):
+    def __init__(self, paths: KVPaths, place: GPUPlace, direction: str, to_cxl: bool):
         self.paths, self.direction, self._place = paths, direction, place
         self._fixed: dict[int, tuple[float, float, float]] = {}
         cl, hw = paths.sc.cluster, paths.sc.hardware
-        if paths.kv.kind == "local-dram":
+        if not to_cxl:
             self.pool_is_cxl = False
             self.latency_s = hw.host.dram_latency_ns * 1e-9 + hw.pcie_switch.hop_latency_us * 1e-6
             self._spread = [paths._host_path(place, direction)]
@@ -495,6 +468,22 @@ class _Copy:
             self._adapter = next((a for a in range(cl.cxl_adapters_per_server) if a % sockets == place.socket), 0)
             self._dev_paths: dict[int, Path] = {}
             self.flows = self._device_flows
+
+    def move(self, nbytes: float, nblocks: int, keys):
+        """Copy nblocks (nbytes) as a kernel or memcpy calls: the launch and latency, the
+        flows (placed before anything waits: chunk placement is stateful), any coherence
+        cost after."""
+        paths = self.paths
+        flows = self.flows(nbytes, keys)
+        launch, coherence, wait = self.fixed(nblocks)
+        bd = paths.stats.breakdown
+        bd["launch"] += launch
+        bd["coherence"] += coherence
+        env = paths.env
+        yield env.timeout(wait)
+        yield paths.fabric.transfer(flows)
+        if coherence:
+            yield env.timeout(coherence)
 
     def fixed(self, nblocks: int) -> tuple[float, float, float]:
         """(launch seconds, coherence seconds, launch + latency) for nblocks."""
