@@ -333,13 +333,13 @@ def _ms_stats(x: np.ndarray, name: str) -> dict:
     if not x.size:
         return {f"{s}_{name}_ms": math.nan for s in LATENCY_STATS}
     ms = x * 1e3
-    return {
-        f"mean_{name}_ms": float(ms.mean()),
-        f"median_{name}_ms": float(np.median(ms)),
-        f"std_{name}_ms": float(ms.std()),
-        f"p90_{name}_ms": float(np.percentile(ms, 90)),
-        f"p99_{name}_ms": float(np.percentile(ms, 99)),
-    }
+    return _named_ms(name, float(ms.mean()), float(np.median(ms)), float(ms.std()),
+                     float(np.percentile(ms, 90)), float(np.percentile(ms, 99)))
+
+
+def _named_ms(name: str, *values: float) -> dict:
+    """{mean,median,std,p90,p99}_{name}_ms from the values in that order."""
+    return {f"{s}_{name}_ms": v for s, v in zip(LATENCY_STATS, values, strict=True)}
 
 
 def _histogram_ms_stats(hist: GapHistogram, name: str) -> dict:
@@ -347,13 +347,8 @@ def _histogram_ms_stats(hist: GapHistogram, name: str) -> dict:
     within its relative resolution."""
     if not hist.n:
         return {f"{s}_{name}_ms": math.nan for s in LATENCY_STATS}
-    return {
-        f"mean_{name}_ms": hist.mean * 1e3,
-        f"median_{name}_ms": hist.percentile(50) * 1e3,
-        f"std_{name}_ms": hist.std * 1e3,
-        f"p90_{name}_ms": hist.percentile(90) * 1e3,
-        f"p99_{name}_ms": hist.percentile(99) * 1e3,
-    }
+    return _named_ms(name, hist.mean * 1e3, hist.percentile(50) * 1e3, hist.std * 1e3,
+                     hist.percentile(90) * 1e3, hist.percentile(99) * 1e3)
 
 
 def summarize(rows: Records | Sequence[tuple], system: str, phase: str,

@@ -179,7 +179,6 @@ class Cluster:
         self._unrecorded: set[int] = set()
         self.records = 0
         self.recorded_twice: list[str] = []
-        self._trim_countdown = _TRIM_EVERY
 
     # -- requests ----------------------------------------------------------------------
     def _finished(self, req: Request) -> None:
@@ -197,9 +196,7 @@ class Cluster:
         itl = (itl_samples(self.instances[req.instance].step_ends, req)
                if req.state is State.FINISHED else None)
         self._record(req, itl)
-        self._trim_countdown -= 1
-        if not self._trim_countdown:
-            self._trim_countdown = _TRIM_EVERY
+        if self.records % _TRIM_EVERY == 0:
             self.trim_step_ends()
         cb = req.on_finish
         if cb is not None:

@@ -67,7 +67,6 @@ class Instance:
         if gpu.copy_kernel_beside_decode is not None and paths.kv.copy_method == "gather-kernel":
             self._copy_beside = (gpu.copy_kernel_beside_decode, gpu.copy_kernel_beside_prefill)
             self._kernel_links = [r.kernel_link_load for r in (place.ranks or [place])]
-            self._kernel_rate = gpu.copy_kernel_gbps * 1e9
         self.tier_peers: dict[int, Instance] = {}  # instances sharing this one's tier, by index (set by the cluster)
         self._in_stretch = False
         self._stretch = None  # (plan, start, _StretchClock, steps) of the decode stretch running
@@ -96,7 +95,7 @@ class Instance:
         """A step starts (compute_bound: its kind) or ends (None): set the load kernels' rate."""
         share = 1.0 if compute_bound is None else self._copy_beside[compute_bound]
         for link in self._kernel_links:
-            self.paths.fabric.set_capacity(link, self._kernel_rate * share)
+            self.paths.fabric.set_capacity(link, self._copy_rate * share)
 
     # -- the executor of policy.step.step_loop ---------------------------------------------
     def now(self) -> float:
@@ -287,9 +286,8 @@ class Instance:
         stretch = self._stretch
         if stretch is None:
             return sched.outstanding_tokens
-        plan, start, clock, k = stretch  # the router asks every instance at every arrival
-        return sched.outstanding_tokens - len(plan.scheduled) * (
-            clock.steps_done(self.env.now - start, k) - plan.decode_applied)
+        plan = stretch[0]
+        return sched.outstanding_tokens - len(plan.scheduled) * (self._stretch_steps_done() - plan.decode_applied)
 
     def catch_up(self) -> None:
         """Apply the ended steps of the running stretch (blocks taken, tokens counted), so
