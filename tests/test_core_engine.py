@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from belusim.policy.router import Router
 from belusim.sim.cluster import Cluster, SimulationError, simulate
 from belusim.config.scenario import ConfigError, resolve_scenario
 from belusim.report.metrics import RECORD_FIELDS, Recorder, summarize
@@ -113,10 +114,22 @@ def test_coalesced_decode_is_exact_with_metadata_rpc_lookups():
 
 
 @pytest.mark.parametrize("router", ["least-loaded", "cache-aware"])
-def test_coalesced_decode_is_exact_when_routing_reads_a_stretching_instance(router):
+def test_coalesced_decode_is_exact_when_routing_reads_a_stretching_instance(router, monkeypatch):
     # a router choosing while an instance is part-way through a stretch sees its load
     # (and, cache-aware, its prefix cache) as after the steps that have ended
+    floors_checked = []
+    least_loaded = Router.least_loaded
+
+    def checked(self, floors, load_of):  # each floor bounds its instance's load from below
+        loads = [load_of(i) for i in range(len(floors))]
+        assert all(f <= x for f, x in zip(floors, loads)), (floors, loads)
+        floors_checked.append(any(f < x for f, x in zip(floors, loads)))
+        return least_loaded(self, floors, load_of)
+
+    monkeypatch.setattr(Router, "least_loaded", checked)
     _assert_same_times({"kind": "hbm-only"}, blocks=BLOCKS_ROUTED, gpus=4, router=router)
+    if router == "least-loaded":
+        assert any(floors_checked)  # some arrivals found an instance mid-stretch
 
 
 def test_coalesced_decode_is_exact_with_lookups_on_a_shared_pool():

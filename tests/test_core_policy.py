@@ -661,6 +661,24 @@ def test_least_loaded_picks_least_outstanding_tokens():
     assert r.choose(req(9, 32, 1)) == 0
 
 
+def test_least_loaded_from_floors_answers_as_every_load_would():
+    """least_loaded() asks few loads but must pick what min() over all of them picks
+    (the first index of the least load), for any floors that are lower bounds."""
+    import random
+    rng = random.Random(7)
+    r = Router(RouterConfig(policy="least-loaded"), [sched()])
+    asked_fewer = 0
+    for _ in range(2000):
+        n = rng.randint(1, 12)
+        loads = [rng.randint(0, 6) for _ in range(n)]
+        floors = [x - rng.choice([0, 0, 1, 3]) for x in loads]  # exact for some, below for others
+        asked = []
+        got = r.least_loaded(floors, lambda i: asked.append(i) or loads[i])
+        assert got == min(range(n), key=loads.__getitem__), (loads, floors)
+        asked_fewer += len(asked) < n
+    assert asked_fewer > 1000  # it does skip loads (else it is only a slower min())
+
+
 def test_cache_aware_prefers_the_instance_holding_the_prefix():
     scheds = [sched() for _ in range(3)]
     warm = req(1, 320, 1, key_base=42)

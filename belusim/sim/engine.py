@@ -70,6 +70,9 @@ class Instance:
         self.tier_peers: dict[int, Instance] = {}  # instances sharing this one's tier, by index (set by the cluster)
         self._in_stretch = False
         self._stretch = None  # (plan, start, _StretchClock, steps) of the decode stretch running
+        # The most tokens the running stretch can take off the load before it ends (0 when
+        # none runs): load_now() >= sched.outstanding_tokens - stretch_drop, for the router.
+        self.stretch_drop = 0
         self.process = env.process(self.run())
 
     def submit(self, req: Request) -> None:
@@ -251,6 +254,7 @@ class Instance:
                 k = 1  # something changed meanwhile: the step runs, then the scheduler looks again
         start = env.now
         self._stretch = (plan, start, clock, k)
+        self.stretch_drop = batch * (k - 1 - plan.decode_applied)
         kind = None
         if self._copy_beside is not None:
             kind = self.compute.compute_bound(batch, 0.0, c0, batch)
@@ -258,6 +262,7 @@ class Instance:
         yield env.timeout(elapsed(k)) | wake
         self._in_stretch = False
         self._stretch = None
+        self.stretch_drop = 0
         self._wake = None
         steps = k
         if wake.triggered and env.now - start < elapsed(k):
