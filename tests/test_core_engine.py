@@ -484,3 +484,45 @@ def test_dropping_step_ends_no_request_can_read_changes_no_record(monkeypatch, k
     assert kept[2] == 0 and trimmed[2] > kept[3] / 4  # it really dropped most of the ends
     assert repr(trimmed[0]) == repr(kept[0])  # repr: a NaN field is unequal to itself
     assert trimmed[1] == kept[1]
+
+
+# --------------------------------------------------------------------------- first_of
+
+
+def _resumption_order(either, seed: int) -> list[tuple[float, str]]:
+    """Processes each waiting on the first of a timer and a wake event (some woken by
+    others at tied times, some woken before they wait), logging when each resumes."""
+    import random
+
+    import simpy
+
+    rng = random.Random(seed)
+    env = simpy.Environment()
+    log: list[tuple[float, str]] = []
+    wakes = [env.event() for _ in range(8)]
+
+    def waiter(i: int):
+        yield env.timeout(rng.choice([0, 1, 2]))
+        yield either(env, env.timeout(rng.choice([0, 1, 2, 3])), wakes[i])
+        log.append((env.now, f"w{i}"))
+        yield env.timeout(rng.choice([0, 1]))
+        log.append((env.now, f"w{i}+"))
+
+    def waker(i: int):
+        yield env.timeout(rng.choice([0, 1, 2, 3]))
+        if not wakes[i].triggered:
+            wakes[i].succeed()
+        log.append((env.now, f"k{i}"))
+
+    for i in range(8):
+        env.process(waiter(i))
+        env.process(waker(i))
+    env.run()
+    return log
+
+
+def test_first_of_resumes_in_the_order_an_any_of_would():
+    from belusim.sim.engine import first_of
+
+    for seed in range(60):
+        assert _resumption_order(first_of, seed) == _resumption_order(lambda env, a, b: a | b, seed), seed

@@ -259,7 +259,7 @@ class Instance:
         if self._copy_beside is not None:
             kind = self.compute.compute_bound(batch, 0.0, c0, batch)
             self._gpu_computes(kind)
-        yield env.timeout(elapsed(k)) | wake
+        yield first_of(env, env.timeout(elapsed(k)), wake)
         self._in_stretch = False
         self._stretch = None
         self.stretch_drop = 0
@@ -324,6 +324,25 @@ class Instance:
             peer = self.tier_peers.get(req.instance)
             if peer is not None and peer._in_stretch and peer.sched.blocked_head() is req:
                 peer.notify()
+
+
+def first_of(env: simpy.Environment, a: Event, b: Event) -> Event:
+    """The event a process yielding `a | b` resumes on, without SimPy's Condition (whose
+    value, the events that fired, nobody reads here): it is scheduled when the first of a
+    and b is processed, or at once if one already was, as the Condition's _check schedules
+    itself, so everything happens in the same order."""
+    first = Event(env)
+
+    def fire(_event: Event) -> None:
+        if first.callbacks is not None and not first.triggered:
+            first.succeed()
+
+    for ev in (a, b):
+        if ev.callbacks is None:
+            fire(ev)
+        else:
+            ev.callbacks.append(fire)
+    return first
 
 
 def spawn(env: simpy.Environment, gen) -> None:
