@@ -22,7 +22,7 @@ from pathlib import Path
 
 import simpy
 
-from belusim.config.scenario import resolve_scenario
+from belusim.config.scenario import ConfigError, resolve_scenario
 from belusim.report.metrics import Recorder
 from belusim.sim.cluster import simulate
 
@@ -61,7 +61,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.repeat < 1:
         ap.error("--repeat must be at least 1")
-    sc, _ = resolve_scenario(Path(args.scenario), args.set)
+    try:
+        sc, _ = resolve_scenario(Path(args.scenario), args.set)
+    except ConfigError as e:
+        sys.exit(str(e))
     prof = None
     if args.profile:
         import cProfile
