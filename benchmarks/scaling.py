@@ -15,6 +15,8 @@ so peak_rss_mb is that point's own. Cost should grow linearly: cpu_ms_per_reques
 stay flat along each row (more requests) and down each column (more instances, same load
 per instance). --repeat R runs each point R times and keeps the least CPU time (on a shared
 machine one run's CPU time varies by a third), checking that the runs simulate the same.
+--instructions counts instructions under valgrind instead (see benchmarks/instructions.py):
+slower, but other load on the machine does not move it.
 """
 
 from __future__ import annotations
@@ -81,6 +83,52 @@ def point(args, path: Path, factor: float, n: int, inst: int) -> dict:
     }
 
 
+def count_grid(args, factors: list[float], instances: list[int]) -> None:
+    """The grid in instructions per request (see --instructions)."""
+    import os
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    from instructions import count
+
+    if shutil.which("valgrind") is None:
+        sys.exit("--instructions needs valgrind (a system package: apt install valgrind)")
+
+    def replay_args(path: Path, inst: int) -> list[str]:
+        sets = [f"workload.path={path}", f"workload.rate_scale={inst / 16}", *cluster_for(inst), *args.set]
+        return ["--system", args.system, *[x for v in sets for x in ("--set", v)]]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs, sizes = [], {}
+        for factor in factors:
+            path = Path(tmp) / f"trace-{factor}.jsonl"
+            sizes[factor] = tile(Path(args.trace), factor, path, args.base_requests)
+            jobs += [(factor, inst, replay_args(path, inst)) for inst in instances]
+        # the start-up, imports and yardstick of each cluster size: the same replay cut to one request
+        fixed_jobs = {inst: [*replay_args(Path(tmp) / f"trace-{factors[0]}.jsonl", inst),
+                             "--set", "workload.max_requests=1"] for inst in instances}
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            fixed = dict(zip(instances, pool.map(lambda a: count(ROOT, a)[0], fixed_jobs.values())))
+            counted = list(pool.map(lambda job: count(ROOT, job[2]), jobs))
+    rows = []
+    for (factor, inst, _a), (n, out) in zip(jobs, counted):
+        req = sizes[factor]
+        rows.append({"factor": factor, "instances": inst, "requests": req,
+                     "instructions_per_request": round((n - fixed[inst]) / req),
+                     "events_per_request": round(out["events"] / req, 2), "events": out["events"]})
+        if args.json:
+            print(json.dumps(rows[-1]), flush=True)
+    if args.json:
+        return
+    print("Instructions per request, thousands (SimPy events per request)")
+    print(f"{'requests':>16} | " + " | ".join(f"{f'{i} instances':>18}" for i in instances))
+    for factor in factors:
+        line = [r for r in rows if r["factor"] == factor]
+        label = f"{factor:g}x ({line[0]['requests']})"
+        print(f"{label:>16} | " + " | ".join(
+            f"{r['instructions_per_request'] / 1e3:>9,.0f} ({r['events_per_request']:>5.1f})" for r in line))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trace", default=str(TRACE))
@@ -91,11 +139,18 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="path=value overrides")
     ap.add_argument("--json", action="store_true", help="one JSON line per point instead of a table")
     ap.add_argument("--repeat", type=int, default=1, metavar="R", help="runs per point; the least CPU time is kept")
+    ap.add_argument("--instructions", action="store_true",
+                    help="count each point's instructions under valgrind (benchmarks/instructions.py), less "
+                         "a one-request run of the same cluster, instead of timing it: a figure that other "
+                         "load on the machine does not move (about 30x slower; points run in parallel)")
     args = ap.parse_args()
     if args.repeat < 1:
         ap.error("--repeat must be at least 1")
     factors = [float(x) for x in args.factors.split(",")]
     instances = [int(x) for x in args.instances.split(",")]
+    if args.instructions:
+        count_grid(args, factors, instances)
+        return
     rows = []
     ctx = multiprocessing.get_context("fork")
     with tempfile.TemporaryDirectory() as tmp:
