@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import pstats
+import sys
 from collections import defaultdict
 
 
@@ -61,4 +62,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BrokenPipeError:  # piped into head: the reader has what it wanted
+        sys.stderr.close()
