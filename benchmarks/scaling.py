@@ -83,6 +83,17 @@ def point(args, path: Path, factor: float, n: int, inst: int) -> dict:
     }
 
 
+def print_table(title: str, rows: list[dict], factors: list[float], instances: list[int], width: int,
+                cell) -> None:
+    """One line per factor, one column per instance count: cell(row) in each."""
+    print(title)
+    print(f"{'requests':>16} | " + " | ".join(f"{f'{i} instances':>{width}}" for i in instances))
+    for factor in factors:
+        line = [r for r in rows if r["factor"] == factor]
+        label = f"{factor:g}x ({line[0]['requests']})"
+        print(f"{label:>16} | " + " | ".join(cell(r) for r in line))
+
+
 def count_grid(args, factors: list[float], instances: list[int]) -> None:
     """The grid in instructions per request (see --instructions)."""
     import os
@@ -118,15 +129,10 @@ def count_grid(args, factors: list[float], instances: list[int]) -> None:
                      "events_per_request": round(out["events"] / req, 2), "events": out["events"]})
         if args.json:
             print(json.dumps(rows[-1]), flush=True)
-    if args.json:
-        return
-    print("Instructions per request, thousands (SimPy events per request)")
-    print(f"{'requests':>16} | " + " | ".join(f"{f'{i} instances':>18}" for i in instances))
-    for factor in factors:
-        line = [r for r in rows if r["factor"] == factor]
-        label = f"{factor:g}x ({line[0]['requests']})"
-        print(f"{label:>16} | " + " | ".join(
-            f"{r['instructions_per_request'] / 1e3:>9,.0f} ({r['events_per_request']:>5.1f})" for r in line))
+    if not args.json:
+        print_table("Instructions per request, thousands (SimPy events per request)", rows, factors,
+                    instances, 18, lambda r: f"{r['instructions_per_request'] / 1e3:>9,.0f} "
+                                             f"({r['events_per_request']:>5.1f})")
 
 
 def main() -> None:
@@ -171,16 +177,10 @@ def main() -> None:
                     print(json.dumps(row), flush=True)
                 else:
                     print(f"  {factor:g}x on {inst}: {row['cpu_s']:.1f} s CPU", file=sys.stderr, flush=True)
-    if args.json:
-        return
-    print("CPU ms per request (real-time factor by CPU; peak RSS MB)")
-    print(f"{'requests':>16} | " + " | ".join(f"{f'{i} instances':>24}" for i in instances))
-    for factor in factors:
-        line = [r for r in rows if r["factor"] == factor]
-        label = f"{factor:g}x ({line[0]['requests']})"
-        print(f"{label:>16} | " + " | ".join(
-            f"{r['cpu_ms_per_request']:>8.2f} ({r['real_time_factor_cpu']:>6.0f}x; {r['peak_rss_mb']:>4.0f})"
-            for r in line))
+    if not args.json:
+        print_table("CPU ms per request (real-time factor by CPU; peak RSS MB)", rows, factors, instances, 24,
+                    lambda r: f"{r['cpu_ms_per_request']:>8.2f} ({r['real_time_factor_cpu']:>6.0f}x; "
+                              f"{r['peak_rss_mb']:>4.0f})")
 
 
 if __name__ == "__main__":
