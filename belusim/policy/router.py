@@ -20,6 +20,12 @@ class Router:
         return self.cfg.policy != "round-robin"
 
     @property
+    def reads_floors(self) -> bool:
+        """Does it choose by least load, so that a lower bound per instance (least_loaded)
+        can spare computing most loads?"""
+        return self.cfg.policy == "least-loaded"
+
+    @property
     def reads_caches(self) -> bool:
         """Does it look at the instances' prefix caches (not only at their loads)?"""
         return self.cfg.policy == "cache-aware"
@@ -36,7 +42,7 @@ class Router:
         if loads is None:
             loads = [s.outstanding_tokens for s in self.scheds]
         if policy == "least-loaded":
-            return min(range(len(loads)), key=loads.__getitem__)
+            return self.least_loaded(loads, loads.__getitem__)  # exact loads are their own floors
         # cache-aware: the longest cached prefix among instances not much busier than the least loaded
         floor = min(loads)
         cap = self.cfg.load_cap * floor + req.prompt_tokens + req.output_tokens

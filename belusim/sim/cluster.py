@@ -249,7 +249,7 @@ class Cluster:
         if router.reads_caches:
             for inst in members:
                 inst.catch_up()
-        elif router.cfg.policy == "least-loaded":
+        elif router.reads_floors:
             return router.least_loaded([inst.sched.outstanding_tokens - inst.stretch_drop for inst in members],
                                        lambda i: members[i].load_now())
         return router.choose(req, [inst.load_now() for inst in members])

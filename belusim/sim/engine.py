@@ -334,7 +334,7 @@ def first_of(env: simpy.Environment, a: Event, b: Event) -> Event:
     first = Event(env)
 
     def fire(_event: Event) -> None:
-        if first.callbacks is not None and not first.triggered:
+        if not first.triggered:
             first.succeed()
 
     for ev in (a, b):
