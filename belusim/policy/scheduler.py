@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from belusim.policy.blocks import BlockPool
 from belusim.policy.connector import LOAD_MODES
 from belusim.policy.request import Request, State
-from belusim.policy.tier import TierIndex
+from belusim.policy.tier import TierIndex, TierNode
 
 
 def blocks_for(tokens: int, block_size: int) -> int:
@@ -48,22 +48,22 @@ class Save:
     keys: Sequence[int]
     thread_wait_s: float = 0.0
     software_s: float = 0.0
-    tier_run: object = None  # the tier's pending run of these chunks (TierIndex.end_save's shortcut)
+    tier_run: TierNode | None = None  # the tier's pending run of these chunks (TierIndex.end_save's shortcut)
 
 
 @dataclass(slots=True)
 class StepPlan:
-    scheduled: list = field(default_factory=list)  # (request, tokens) pairs
+    scheduled: list[tuple[Request, int]] = field(default_factory=list)  # (request, tokens) pairs
     tokens: int = 0
     prefill_units: float = 0.0  # sum of n x (c + n/2) over prefill chunks
     decode_context: int = 0  # KV tokens read by decoding requests
-    loads: list = field(default_factory=list)  # Load, started now
+    loads: list[Load] = field(default_factory=list)  # Load, started now
     in_step_loads: bool = False  # sync/layerwise: the loads are part of this step
     admitted: int = 0
     preempted: int = 0
     lookups: int = 0  # tier lookups done while scheduling (metadata RPCs)
     lookup_keys: int = 0  # chunk names those lookups asked about
-    lookup_chunks: list = field(default_factory=list)  # per lookup: the prompt's chunks it hashed
+    lookup_chunks: list[int] = field(default_factory=list)  # per lookup: the prompt's chunks it hashed
     decode_applied: int = 0  # pure-decode steps of a stretch already applied (advance_decode)
 
     @property
@@ -268,7 +268,7 @@ class Scheduler:
         self._set_computed(req, hbm * bs)
         req.looked_up = True
         if ext:
-            tier.touch(req.keys, hbm, ext)
+            tier.touch(req.keys, hbm, ext)  # type: ignore
             pool.allocate(ext)
             req.private_blocks += ext
             plan.loads.append(Load(req, hbm, ext))
@@ -308,7 +308,7 @@ class Scheduler:
         pool, tier = self.pool, self.tier
         if not pool.watching(req) or (tier is not None and not tier.watching(req)):
             return False
-        free_then, need = req.blocked_at
+        free_then, need = req.blocked_at  # type: ignore
         free = pool.free
         if free <= free_then or need > free:
             return True
@@ -405,10 +405,10 @@ class Scheduler:
 
     def _save_for(self, req: Request, full_blocks: int) -> Save | None:
         tier = self.tier
-        upto_chunk = full_blocks // tier.chunk_blocks
+        upto_chunk = full_blocks // tier.chunk_blocks  # type: ignore
         if upto_chunk <= req.saved_chunks:
             return None
-        wanted = tier.begin_wanted(req.keys, full_blocks, req.saved_chunks, req)
+        wanted = tier.begin_wanted(req.keys, full_blocks, req.saved_chunks, req)  # type: ignore
         req.saved_chunks = upto_chunk
         if wanted is None:
             return None

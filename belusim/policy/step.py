@@ -52,7 +52,7 @@ class Execute:
 
 @dataclass(slots=True)
 class WaitSaves:
-    saves: list
+    saves: list[Save]
 
 
 def step_loop(sched: Scheduler, conn: ConnectorSemantics, ex, coalesce_steps: int = 1):
@@ -117,11 +117,11 @@ def save_landed(sched: Scheduler, save: Save, on_evicted, wake, on_woken=None) -
     blocks (the head may fit now); then the request's on_saved callback runs once its last
     save landed."""
     tier = sched.tier
-    evicted = tier.end_save(save.request.keys, save.chunk_indexes, save.request, save.tier_run,
+    evicted = tier.end_save(save.request.keys, save.chunk_indexes, save.request, save.tier_run,  # type: ignore
                             report=on_evicted is not None)
     if on_evicted is not None:
         on_evicted(evicted)
-    woken = tier.take_woken()
+    woken = tier.take_woken()  # type: ignore
     if woken and on_woken is not None:
         on_woken(woken)
     if sched.save_done(save):

@@ -51,7 +51,7 @@ def _split(node: TierNode, k: int, keep_bottom: bool, link: bool = True) -> Tier
     keys = node.keys
     if keep_bottom:
         top = TierNode(keys[:k], node.depth, node.parent, node.state)
-        node.parent.children[keys[0]] = top
+        node.parent.children[keys[0]] = top  # type: ignore
         node.keys = keys[k:]
         node.depth += k
         node.parent = top
@@ -70,7 +70,7 @@ def _split(node: TierNode, k: int, keep_bottom: bool, link: bool = True) -> Tier
     if link and node.prev is not None:  # bottom goes right after node
         nxt = node.next
         bottom.prev, bottom.next = node, nxt
-        node.next = nxt.prev = bottom
+        node.next = nxt.prev = bottom  # type: ignore
     return bottom
 
 
@@ -155,7 +155,7 @@ class TierIndex:
             return
         node, d = self.root, 0
         while d < at:
-            node = node.children.get(names[d])
+            node = node.children.get(names[d])  # type: ignore
             if node is None:
                 return
             nd = d + len(node.keys)
@@ -203,10 +203,10 @@ class TierIndex:
             node = node.children[names[d]]
             if d >= first:  # unlink, then append at the young end
                 prv, nxt = node.prev, node.next
-                prv.next, nxt.prev = nxt, prv
+                prv.next, nxt.prev = nxt, prv  # type: ignore
                 tail = head.prev
                 node.prev, node.next = tail, head
-                tail.next = head.prev = node
+                tail.next = head.prev = node  # type: ignore
             d += len(node.keys)
 
     # -- blocked requests ------------------------------------------------------------------
@@ -359,7 +359,7 @@ class TierIndex:
             if owner is not None:
                 owner.tier_hint = (self, child)
 
-    def end_save(self, block_keys, chunk_indexes: list[int], owner=None, run: TierNode | None = None,
+    def end_save(self, block_keys, chunk_indexes: Sequence[int], owner=None, run: TierNode | None = None,
                  report: bool = True) -> list[int]:
         """Store the chunks (at the young end, in prompt order); returns the chunk names
         evicted to make room, oldest first ([] if not `report`). run: the pending run that
@@ -372,11 +372,11 @@ class TierIndex:
         if run is not None and run.state == PENDING and len(run.keys) == n:
             # Unsplit since (a split leaves a run shorter; a pending run is never dropped):
             # the walk below would store this run and nothing else.
-            ranges = ((run.depth, run.depth + n),)
+            ranges: Sequence[tuple[int, int]] = ((run.depth, run.depth + n),)
             run.state = STORED
             tail = head.prev
             run.prev, run.next = tail, head
-            tail.next = head.prev = run
+            tail.next = head.prev = run  # type: ignore
         else:
             names = self.names(block_keys, (chunk_indexes[-1] + 1) * self.chunk_blocks)
             ranges = list(_ranges(chunk_indexes))
@@ -388,7 +388,7 @@ class TierIndex:
                         node.state = STORED
                         tail = head.prev
                         node.prev, node.next = tail, head
-                        tail.next = head.prev = node
+                        tail.next = head.prev = node  # type: ignore
         if self._watchers:
             self._wake_stored(block_keys, ranges)
         self.pending_chunks -= n
@@ -408,23 +408,23 @@ class TierIndex:
         evicted: list[int] = []
         while count:
             node = head.next
-            n = len(node.keys)
+            n = len(node.keys)  # type: ignore
             if n > count:  # its first `count` go; node keeps its place with the rest
-                node = _split(node, count, keep_bottom=True, link=False)
+                node = _split(node, count, keep_bottom=True, link=False)  # type: ignore
                 if report:
                     evicted.extend(node.keys)
                 if self._watchers:
                     self._wake_evicted(node.depth, node.keys[0])
                 self._drop(node)
                 break
-            nxt = node.next
-            head.next, nxt.prev = nxt, head
-            node.prev = node.next = None
+            nxt = node.next  # type: ignore
+            head.next, nxt.prev = nxt, head  # type: ignore
+            node.prev = node.next = None  # type: ignore
             if report:
-                evicted.extend(node.keys)
+                evicted.extend(node.keys)  # type: ignore
             if self._watchers:
-                self._wake_evicted(node.depth, node.keys[0])
-            self._drop(node)
+                self._wake_evicted(node.depth, node.keys[0])  # type: ignore
+            self._drop(node)  # type: ignore
             count -= n
         return evicted
 
@@ -488,7 +488,7 @@ class TierIndex:
             raise AssertionError(f"tier {self.name}: {len(self._watchers)} blocked requests still watched")
 
 
-def _ranges(sorted_indexes: list[int]):
+def _ranges(sorted_indexes: Sequence[int]):
     """Consecutive runs [a, b) of sorted, distinct integers."""
     a = sorted_indexes[0]
     if sorted_indexes[-1] - a + 1 == len(sorted_indexes):  # the usual case: one run

@@ -54,7 +54,7 @@ class TransferTimes:
 
                 from belusim.transport.kvpath import KVPaths
 
-                self._env = simpy.Environment()
+                self._env = simpy.Environment(0.0)
                 self._paths = KVPaths(self._env, self.sc, self.kv)
             env, paths = self._env, self._paths
             t0 = env.now

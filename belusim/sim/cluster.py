@@ -94,7 +94,7 @@ class Cluster:
         self.sc = scenario
         self.system = system
         self.recorder = recorder
-        self.env = simpy.Environment()
+        self.env = simpy.Environment(0.0)  # float times throughout (the compiled modules keep them as floats)
         kv = system.kv
         self.paths = KVPaths(self.env, scenario, kv, system.stack)
         self.paths.fabric.record_series = scenario.run.utilisation_series

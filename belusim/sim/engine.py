@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from typing import Any
 
 import numpy as np
 import simpy
@@ -24,7 +25,7 @@ from belusim.compute.roofline import ComputeModel
 from belusim.transport.kvpath import GPUPlace, KVPaths
 from belusim.policy.connector import ConnectorSemantics
 from belusim.policy.request import TTFT_PARTS, Request
-from belusim.policy.scheduler import Load, Save, Scheduler
+from belusim.policy.scheduler import Load, Save, Scheduler, StepPlan
 from belusim.policy.step import IDLE, WaitSaves, load_landed, save_landed, step_loop
 
 
@@ -63,13 +64,13 @@ class Instance:
         # ... and a copy kernel loses rate beside compute: while a step runs, this GPU's load
         # kernels keep a measured share of their rate, by the step's kind (decode-like or
         # prefill-like). Off (None) without a measurement; DMA copies are not slowed.
-        self._copy_beside = None
+        self._copy_beside: tuple[float, float | None] | None = None
         if gpu.copy_kernel_beside_decode is not None and paths.kv.copy_method == "gather-kernel":
             self._copy_beside = (gpu.copy_kernel_beside_decode, gpu.copy_kernel_beside_prefill)
             self._kernel_links = [r.kernel_link_load for r in (place.ranks or [place])]
         self.tier_peers: dict[int, Instance] = {}  # instances sharing this one's tier, by index (set by the cluster)
         self._in_stretch = False
-        self._stretch = None  # (plan, start, _StretchClock, steps) of the decode stretch running
+        self._stretch: tuple | None = None  # (plan, start, _StretchClock, steps) of the decode stretch running
         # The most tokens the running stretch can take off the load before it ends (0 when
         # none runs): load_now() >= sched.outstanding_tokens - stretch_drop, for the router.
         self.stretch_drop = 0
@@ -96,9 +97,9 @@ class Instance:
 
     def _gpu_computes(self, compute_bound: bool | None) -> None:
         """A step starts (compute_bound: its kind) or ends (None): set the load kernels' rate."""
-        share = 1.0 if compute_bound is None else self._copy_beside[compute_bound]
+        share = 1.0 if compute_bound is None else self._copy_beside[compute_bound]  # type: ignore
         for link in self._kernel_links:
-            self.paths.fabric.set_capacity(link, self._copy_rate * share)
+            self.paths.fabric.set_capacity(link, self._copy_rate * share)  # type: ignore
 
     # -- the executor of policy.step.step_loop ---------------------------------------------
     def now(self) -> float:
@@ -153,7 +154,7 @@ class Instance:
                 yield from self._step(cmd.plan)
             cmd = loop.send(ran)
 
-    def _step(self, plan):
+    def _step(self, plan: StepPlan):
         env = self.env
         start = env.now
         rpc = (self.paths.lookup_time(plan.lookups, plan.lookup_keys, env.now, plan.lookup_chunks)
@@ -180,7 +181,7 @@ class Instance:
         self.step_events += 1
         self._account_step(plan, start, lookup_sw, rpc_only, compute, stall)
 
-    def _account_step(self, plan, start: float, lookup_sw: float, rpc: float, compute: float, stall: float):
+    def _account_step(self, plan: StepPlan, start: float, lookup_sw: float, rpc: float, compute: float, stall: float):
         """Charge the step's time to each request in it that has no first token yet."""
         now = self.env.now
         if not plan.prefill_units:  # every request without a first token has a prefill chunk
@@ -240,7 +241,7 @@ class Instance:
         yield from self.paths.load(self.place, load)
         load.request.load_end = self.env.now
 
-    def _decode_stretch(self, plan, k: int):
+    def _decode_stretch(self, plan: StepPlan, k: int):
         env = self.env
         batch, c0 = len(plan.scheduled), plan.decode_context
         a, b = self.compute.decode_run(batch, c0)
@@ -282,7 +283,7 @@ class Instance:
     def _stretch_steps_done(self) -> int:
         """Steps of the running stretch that have ended by now (not its last one, whose
         end applies it)."""
-        _plan, start, clock, k = self._stretch
+        _plan, start, clock, k = self._stretch  # type: ignore
         return clock.steps_done(self.env.now - start, k)
 
     def load_now(self) -> int:
@@ -337,7 +338,8 @@ def first_of(env: simpy.Environment, a: Event, b: Event) -> Event:
         if not first.triggered:
             first.succeed()
 
-    for ev in (a, b):
+    pair: tuple[Any, Any] = (a, b)  # Any: a processed event's callbacks are None, not a list
+    for ev in pair:
         if ev.callbacks is None:
             fire(ev)
         else:

@@ -48,8 +48,8 @@ class Transfer:
 class Path:
     """A list of links built once: a flow over it needs no per-flow copies of it."""
 
-    links: tuple
-    uniq: tuple  # each link once (a path may cross one link twice: both ends in one DRAM)
+    links: tuple[Link, ...]
+    uniq: tuple[Link, ...]  # each link once (a path may cross one link twice: both ends in one DRAM)
     repeats: bool
 
     @classmethod
@@ -62,8 +62,8 @@ class Path:
 @dataclass(eq=False, slots=True)
 class Flow:
     nbytes: float
-    links: tuple
-    uniq: tuple
+    links: tuple[Link, ...]
+    uniq: tuple[Link, ...]
     cap: float  # the flow's own rate limit (bytes/s), inf if none
     transfer: Transfer
     remaining: float = 0.0
@@ -87,8 +87,8 @@ class Fabric:
         self._due = math.inf
         self._min_rate = math.inf
         # Rates by the kinds of flows in flight (see _assign_rates); a kind is a (links, cap)
-        self._rates_seen: dict[tuple, tuple[dict, float]] = {}
-        self._kinds: dict[tuple, int] = {}
+        self._rates_seen: dict[tuple[int, ...], tuple[dict[int, float], float]] = {}
+        self._kinds: dict[tuple[tuple[Link, ...], float], int] = {}
         self._in_flight: list[int] = []  # the kinds of the active flows, sorted: the key of their rates
         self.bytes_requested = 0.0  # asked of flow()
         self.bytes_delivered = 0.0  # the sizes of the flows that finished
@@ -103,7 +103,7 @@ class Fabric:
         self.record_series = False  # off: only the totals are kept (the series cost ~12% of a run)
         self.bucket_s = 1e-3
         self.max_buckets = 400
-        self._busy: set = set()  # links with flows: the ones whose series grow
+        self._busy: set[Link] = set()  # links with flows: the ones whose series grow
         # Gauges (a pool tier's chunks held, say): name -> (read(), capacity), sampled whenever
         # a flow starts or ends (when saves land and evictions happen); last value per bucket.
         self.gauges: dict = {}
@@ -146,7 +146,7 @@ class Fabric:
         """Start flows of (nbytes, path) at once; the returned event fires when the last of
         them has landed (with the seconds it took). One event for the lot, where waiting on
         each flow's own would cost an event per flow and one more to join them."""
-        done = self.env.event()
+        done: simpy.Event = self.env.event()
         if self.transfer_log is not None:
             self.transfer_log.extend([(nbytes, path.links) for nbytes, path in parts])
         t = Transfer(done)
@@ -328,7 +328,7 @@ class Fabric:
                 keep.append(f)
         self._active = keep
 
-    def _assign_rates(self) -> tuple[dict, float]:
+    def _assign_rates(self) -> tuple[dict[int, float], float]:
         """The rate of each kind of flow in flight, and the least of them."""
         # Progressive filling's rates are a function of the multiset of the flows' kinds
         # (paths and caps) and the links' capacities, whatever the flows' order: each round

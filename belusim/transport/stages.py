@@ -64,9 +64,9 @@ class SoftwareStages:
             gbps = self._gbps(st)
             if gbps is not None and self.chunk_bytes > st.min_object_kb * 1024:
                 if st.bytes_of == "kv":
-                    b = nbytes
+                    b: float = nbytes
                 elif st.bytes_of == "token-ids":
-                    b = chunks * self.chunk_tokens * TOKEN_ID_BYTES
+                    b = float(chunks * self.chunk_tokens * TOKEN_ID_BYTES)
                 else:  # every chunk's whole prefix: c x (1 + 2 + ... + n) tokens
                     b = self.chunk_tokens * chunks * (chunks + 1) / 2 * TOKEN_ID_BYTES
                 t += b / (gbps * GB)
