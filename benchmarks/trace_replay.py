@@ -8,7 +8,8 @@ included; with --repeat N the least of N runs in this process, each run's in cpu
 on a shared machine the least is the one least disturbed by others), simulated_s, requests, events (SimPy events scheduled), steps (engine steps),
 step_events, real_time_factor_cpu (simulated seconds per CPU second), peak_rss_mb (the
 process's high-water mark) and bare_simpy_us_per_event (a loop of plain env.timeout on
-this machine now, for scale). Without --json it prints the same as lines.
+this machine now, for scale) and compiled_modules (how many of belusim's modules run compiled,
+see hatch_build.py; 0 for an editable install). Without --json it prints the same as lines.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import simpy
 
+from belusim import compiled_modules
 from belusim.config.scenario import ConfigError, resolve_scenario
 from belusim.report.metrics import Recorder
 from belusim.sim.cluster import simulate
@@ -106,6 +108,7 @@ def main() -> None:
         "cpu_us_per_event": round(cpu / run.events * 1e6, 2) if getattr(run, "events", 0) else None,
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "bare_simpy_us_per_event": round(bare_simpy_us_per_event(), 3),
+        "compiled_modules": len(compiled_modules()),  # 0: pure Python (an editable install, say)
         # a few outcomes, to see that a faster run simulated the same thing
         **{k: s.get(k) for k in ("mean_ttft_ms", "mean_tpot_ms", "hbm_hit_ratio", "tier_hit_ratio",
                                  "preemptions")},

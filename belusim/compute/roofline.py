@@ -60,7 +60,7 @@ class ComputeModel:
         if tp > 1 and interconnect is None:
             raise ValueError("tensor_parallel > 1 needs an interconnect card to cost its all-reduces")
         if attention is None:
-            attention = load_card("attention_backends", gpu.attention_backend)
+            attention = load_card("attention_backends", gpu.attention_backend)  # type: ignore
         peak, linear_rate, attn_rate, mem_rate = _rates(model, gpu, attention)
         table = sorted(gpu.decode_efficiency_by_batch.items())
         return cls(
@@ -75,7 +75,7 @@ class ComputeModel:
             linear_rate=linear_rate,
             attn_rate=attn_rate,
             mem_rate=mem_rate,
-            kv_rate=gpu.hbm_gbps * 1e9 * attention.decode_efficiency,
+            kv_rate=gpu.hbm_gbps * 1e9 * attention.decode_efficiency,  # type: ignore
             request_overhead_s=gpu.request_overhead_us * 1e-6,
             eff_log2_tokens=tuple(math.log2(b) for b, _ in table),
             eff_values=tuple(e for _, e in table),

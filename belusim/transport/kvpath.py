@@ -26,6 +26,7 @@ its own link (the first device becomes the queue, as in the paper's skew experim
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import simpy
@@ -169,7 +170,7 @@ class KVPaths:
         # Constant for the run, looked up once: whether loads and saves have software stages,
         # and each (place, direction)'s direct copy (_direct), built on its first transfer.
         self._staged = {op: bool(self.stages.by_op[op]) for op in ("load", "save")}
-        self._routes: dict[tuple[str, str], _Copy] = {}
+        self._routes: dict[tuple[str, str, bool], _Copy] = {}
         self._direct: dict[tuple[str, str], _Copy | None] = {}
 
     # -- helpers -------------------------------------------------------------------------
@@ -251,7 +252,7 @@ class KVPaths:
         names = self._chunk_names(load) if self._places_by_key else []
         if self._staged["load"]:
             load.thread_wait_s, load.software_s = yield from self.stages.run(
-                place.connector_thread, "load", chunks, nbytes / self.tp)
+                place.connector_thread, "load", chunks, nbytes / self.tp)  # type: ignore
         else:
             load.thread_wait_s, load.software_s = 0.0, 0.0
         yield from self._move_ranks(place, nbytes, load.num_blocks, "load", names)
@@ -267,7 +268,7 @@ class KVPaths:
         t0 = env.now
         if self._staged["save"]:
             save.thread_wait_s, save.software_s = yield from self.stages.run(
-                place.connector_thread, "save", len(keys), nbytes / self.tp)
+                place.connector_thread, "save", len(keys), nbytes / self.tp)  # type: ignore
         else:
             save.thread_wait_s, save.software_s = 0.0, 0.0
         direct = self._direct_copy(place, "store")
@@ -286,7 +287,7 @@ class KVPaths:
         stats.save_bytes += nbytes
         stats.save_time_s += env.now - t0
 
-    def _move_ranks(self, place: GPUPlace, nbytes: float, nblocks: int, direction: str, keys: list[int]):
+    def _move_ranks(self, place: GPUPlace, nbytes: float, nblocks: int, direction: str, keys: Sequence[int]):
         """An instance's transfer: each rank moves its share of every block at the same time."""
         ranks = place.ranks or [place]
         if len(ranks) == 1:
@@ -323,7 +324,7 @@ class KVPaths:
             route = self._routes[key] = _Copy(self, place, direction, to_cxl)
         return route
 
-    def _move(self, place: GPUPlace, nbytes: float, nblocks: int, direction: str, keys: list[int]):
+    def _move(self, place: GPUPlace, nbytes: float, nblocks: int, direction: str, keys: Sequence[int]):
         stream = place.streams.get(direction)
         if stream is None:
             yield from self._move_now(place, nbytes, nblocks, direction, keys)
@@ -332,7 +333,7 @@ class KVPaths:
             yield turn
             yield from self._move_now(place, nbytes, nblocks, direction, keys)
 
-    def _move_now(self, place: GPUPlace, nbytes: float, nblocks: int, direction: str, keys: list[int]):
+    def _move_now(self, place: GPUPlace, nbytes: float, nblocks: int, direction: str, keys: Sequence[int]):
         kind = self.kv.kind
         if kind == "local-dram" or kind == "cxl-pool":
             yield from self._copy_route(place, direction, kind == "cxl-pool").move(nbytes, nblocks, keys)
@@ -345,7 +346,7 @@ class KVPaths:
         """A GPU-side path: the named links, then (gather kernel) the GPU's copy-kernel link."""
         links = self._links(*names)
         if self.kv.copy_method == "gather-kernel":
-            links.append(place.kernel_link_store if direction == "store" else place.kernel_link_load)
+            links.append(place.kernel_link_store if direction == "store" else place.kernel_link_load)  # type: ignore
         return Path.of(links)
 
     def _host_path(self, place: GPUPlace, direction: str) -> Path:
@@ -375,11 +376,11 @@ class KVPaths:
             )
         return path
 
-    def _home_server(self, keys: list[int]) -> int:
+    def _home_server(self, keys: Sequence[int]) -> int:
         # Mooncake places each object on a pool server by its key; a batch follows its first key.
         return (keys[0] if keys else 0) % self.sc.cluster.servers
 
-    def _rdma_copy(self, place: GPUPlace, nbytes: float, nblocks: int, direction: str, keys: list[int]):
+    def _rdma_copy(self, place: GPUPlace, nbytes: float, nblocks: int, direction: str, keys: Sequence[int]):
         """Pipelined two-step transfer through the bounce buffer, `pipeline_chunks` chunks a unit."""
         kv, nic, hw = self.kv, self.sc.hardware.nic, self.sc.hardware
         if self.sc.cluster.nics_per_server == 0:
@@ -410,7 +411,7 @@ class KVPaths:
             cpu = wrs * nic.per_wr_us * 1e-6
             self.stats.work_requests += wrs
             self.stats.breakdown["cpu"] += cpu
-            with place.poller.request() as req:
+            with place.poller.request() as req:  # type: ignore
                 yield req
                 # the thread posts, then polls until the NIC reports completion: both the
                 # posting CPU time and the wire (one event each, no third to join them)
