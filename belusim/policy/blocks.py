@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import chain
+from typing import Any
 
 
 class OutOfBlocks(Exception):
@@ -95,7 +96,7 @@ def common_prefix_len(a: Sequence[int], b, start: int, n: int) -> int:
     return lo
 
 
-def walk_start(index, root, hint, names, target: int):
+def walk_start(index, root, hint, names, target: int) -> tuple[Any, int]:
     """Where a walk down `names` toward depth `target` may begin: (parent, depth) of `hint`,
     the (index, run) a request's last walk reached, if that run is still in this index's
     tree, on this path (a chain key names its whole prefix) and at or above `target`; else
@@ -198,13 +199,15 @@ class BlockPool:
         """How many LRU blocks can be evicted, oldest first, before one of the resident
         blocks keys[:n] would go (counting stops once `enough` is reached)."""
         head = self._lru
-        node, total = head.next, 0
+        # (in the LRU's circle prev and next are never None: declared Node, read unchecked)
+        node: Node = head.next  # type: ignore[assignment]
+        total = 0
         while node is not head and total < enough:
-            d, m = node.depth, len(node.keys)  # type: ignore
-            if d < n and keys[d] == node.keys[0]:  # type: ignore  # part of that prefix: only its blocks past n
+            d, m = node.depth, len(node.keys)
+            if d < n and keys[d] == node.keys[0]:  # part of that prefix: only its blocks past n
                 return total + max(0, d + m - n)
             total += m
-            node = node.next  # type: ignore
+            node = node.next  # type: ignore[assignment]
         return total
 
     # -- blocked requests --------------------------------------------------------------
@@ -272,20 +275,20 @@ class BlockPool:
         self.lru_blocks -= count
         self.cached -= count
         while count:
-            node = head.next
-            n = len(node.keys)  # type: ignore
+            node: Node = head.next  # type: ignore[assignment]
+            n = len(node.keys)
             if n > count:  # its deepest `count` go; node keeps its place with the rest
-                gone = _split(node, n - count, keep_bottom=False, link=False)  # type: ignore
+                gone = _split(node, n - count, keep_bottom=False, link=False)
                 if self._watchers:
                     self._wake_evicted(gone.depth, gone.keys[0])
                 self._drop(gone)
                 return
-            nxt = node.next  # type: ignore
-            head.next, nxt.prev = nxt, head  # type: ignore
-            node.prev = node.next = None  # type: ignore
+            nxt: Node = node.next  # type: ignore[assignment]
+            head.next, nxt.prev = nxt, head
+            node.prev = node.next = None
             if self._watchers:
-                self._wake_evicted(node.depth, node.keys[0])  # type: ignore
-            self._drop(node)  # type: ignore
+                self._wake_evicted(node.depth, node.keys[0])
+            self._drop(node)
             count -= n
 
     def _drop(self, node: Node) -> None:
@@ -305,6 +308,7 @@ class BlockPool:
         if not self.caching or first >= end:
             return []
         new: list[tuple[int, int]] = []
+        parent: Node
         parent, d = walk_start(self, self.root, owner.pool_hint if owner is not None else None, keys, first)
         while d < end:
             child = parent.children.get(keys[d])
@@ -358,9 +362,9 @@ class BlockPool:
             for node in reversed(nodes):
                 node.ref -= 1
                 if not node.ref:  # joins the young end of the LRU
-                    tail = head.prev
+                    tail: Node = head.prev  # type: ignore[assignment]
                     node.prev, node.next = tail, head
-                    tail.next = head.prev = node  # type: ignore
+                    tail.next = head.prev = node
                     unheld += len(node.keys)
             self.lru_blocks += unheld
             private += unheld

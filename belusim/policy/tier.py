@@ -136,7 +136,7 @@ class TierIndex:
             out += block_keys[(a + 1) * c - 1:b * c:c]
         return out
 
-    def _start(self, names, owner, target: int):
+    def _start(self, names, owner, target: int) -> tuple[TierNode, int]:
         """Where a walk toward chunk `target` may begin (blocks.walk_start, from the run the
         owner's last walk reached: its tier_hint)."""
         return walk_start(self, self.root, owner.tier_hint if owner is not None else None, names, target)
@@ -202,11 +202,12 @@ class TierIndex:
         while d < end:
             node = node.children[names[d]]
             if d >= first:  # unlink, then append at the young end
-                prv, nxt = node.prev, node.next
-                prv.next, nxt.prev = nxt, prv  # type: ignore
-                tail = head.prev
+                prv: TierNode = node.prev  # type: ignore[assignment]
+                nxt: TierNode = node.next  # type: ignore[assignment]
+                prv.next, nxt.prev = nxt, prv
+                tail: TierNode = head.prev  # type: ignore[assignment]
                 node.prev, node.next = tail, head
-                tail.next = head.prev = node  # type: ignore
+                tail.next = head.prev = node
             d += len(node.keys)
 
     # -- blocked requests ------------------------------------------------------------------
@@ -374,9 +375,9 @@ class TierIndex:
             # the walk below would store this run and nothing else.
             ranges: Sequence[tuple[int, int]] = ((run.depth, run.depth + n),)
             run.state = STORED
-            tail = head.prev
+            tail: TierNode = head.prev  # type: ignore[assignment]
             run.prev, run.next = tail, head
-            tail.next = head.prev = run  # type: ignore
+            tail.next = head.prev = run
         else:
             names = self.names(block_keys, (chunk_indexes[-1] + 1) * self.chunk_blocks)
             ranges = list(_ranges(chunk_indexes))
@@ -386,9 +387,9 @@ class TierIndex:
                         if node.state != PENDING:
                             raise AssertionError(f"tier {self.name}: a save ended that never began")
                         node.state = STORED
-                        tail = head.prev
+                        tail = head.prev  # type: ignore[assignment]
                         node.prev, node.next = tail, head
-                        tail.next = head.prev = node  # type: ignore
+                        tail.next = head.prev = node
         if self._watchers:
             self._wake_stored(block_keys, ranges)
         self.pending_chunks -= n
@@ -407,24 +408,24 @@ class TierIndex:
         self.stored -= count
         evicted: list[int] = []
         while count:
-            node = head.next
-            n = len(node.keys)  # type: ignore
+            node: TierNode = head.next  # type: ignore[assignment]
+            n = len(node.keys)
             if n > count:  # its first `count` go; node keeps its place with the rest
-                node = _split(node, count, keep_bottom=True, link=False)  # type: ignore
+                node = _split(node, count, keep_bottom=True, link=False)
                 if report:
                     evicted.extend(node.keys)
                 if self._watchers:
                     self._wake_evicted(node.depth, node.keys[0])
                 self._drop(node)
                 break
-            nxt = node.next  # type: ignore
-            head.next, nxt.prev = nxt, head  # type: ignore
-            node.prev = node.next = None  # type: ignore
+            nxt: TierNode = node.next  # type: ignore[assignment]
+            head.next, nxt.prev = nxt, head
+            node.prev = node.next = None
             if report:
-                evicted.extend(node.keys)  # type: ignore
+                evicted.extend(node.keys)
             if self._watchers:
-                self._wake_evicted(node.depth, node.keys[0])  # type: ignore
-            self._drop(node)  # type: ignore
+                self._wake_evicted(node.depth, node.keys[0])
+            self._drop(node)
             count -= n
         return evicted
 
