@@ -1,5 +1,12 @@
 """Wheel build hook: compile the simulator's hot modules to C extensions with mypyc.
 
+    python hatch_build.py --inplace | --clean
+
+builds them into this checkout (or removes them) for benchmarks that count a checkout's
+instructions (benchmarks/instructions.py --tree). It needs mypy and setuptools installed,
+writes and removes ./build, and while the .so files are there they, not the .py files, are
+what runs.
+
 `pip install .` builds them with the machine's C compiler (mypy, which carries mypyc, comes
 from the package index as a build requirement). The compiled modules simulate exactly what
 the Python source does; they only run faster. The .py files stay in the wheel beside them.
@@ -18,7 +25,10 @@ import subprocess
 import sys
 import tempfile
 
-from hatchling.builders.hooks.plugin.interface import BuildHookInterface
+try:
+    from hatchling.builders.hooks.plugin.interface import BuildHookInterface
+except ImportError:  # run as a script (--inplace, --clean), where hatchling may be absent
+    BuildHookInterface = object  # type: ignore[assignment,misc]
 
 # The modules every engine step and transfer runs through (docs/performance.md). Compiled
 # classes take no Python subclasses and no patched methods: tests wrap them instead.
@@ -74,13 +84,7 @@ class CompileHotModules(BuildHookInterface):
         self._work = work
         shutil.copytree(os.path.join(self.root, "belusim"), os.path.join(work, "belusim"),
                         ignore=shutil.ignore_patterns("__pycache__", "*.so"))
-        with open(os.path.join(work, "setup_mypyc.py"), "w", encoding="utf-8") as f:
-            f.write(SETUP.format(group=GROUP))
-        proc = subprocess.run([sys.executable, "setup_mypyc.py", *COMPILED], cwd=work,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if proc.returncode:
-            tail = "\n".join(proc.stdout.splitlines()[-20:])
-            raise RuntimeError(f"mypyc exited with {proc.returncode}:\n{tail}")
+        _run_mypyc(work)
         built = {}
         for path in glob.glob(os.path.join(work, "**", "*.so"), recursive=True) + glob.glob(
                 os.path.join(work, "**", "*.pyd"), recursive=True):
@@ -96,3 +100,36 @@ class CompileHotModules(BuildHookInterface):
         work = getattr(self, "_work", None)
         if work:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_mypyc(work: str) -> None:
+    """Compile COMPILED under `work` (a directory holding belusim/), the .so files in place."""
+    with open(os.path.join(work, "setup_mypyc.py"), "w", encoding="utf-8") as f:
+        f.write(SETUP.format(group=GROUP))
+    proc = subprocess.run([sys.executable, "setup_mypyc.py", *COMPILED], cwd=work,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    os.remove(os.path.join(work, "setup_mypyc.py"))
+    if proc.returncode:
+        tail = "\n".join(proc.stdout.splitlines()[-20:])
+        raise RuntimeError(f"mypyc exited with {proc.returncode}:\n{tail}")
+
+
+def _compiled_files(root: str) -> list[str]:
+    return [p for pattern in ("belusim/**/*.so", "belusim/**/*.pyd", f"{GROUP}__mypyc.*")
+            for p in glob.glob(os.path.join(root, pattern), recursive=True)]
+
+
+if __name__ == "__main__":
+    root = os.path.dirname(os.path.abspath(__file__))
+    if sys.argv[1:] not in (["--inplace"], ["--clean"]):
+        sys.exit("usage: python hatch_build.py --inplace | --clean")
+    for path in _compiled_files(root):
+        os.remove(path)
+    if sys.argv[1] == "--inplace":
+        try:
+            _run_mypyc(root)
+        except (OSError, RuntimeError) as exc:
+            sys.exit(f"hatch_build.py: {exc}")
+        shutil.rmtree(os.path.join(root, "build"), ignore_errors=True)  # mypyc's C sources
+        print(f"compiled {len(_compiled_files(root))} files in place; `python hatch_build.py --clean` "
+              "removes them (until then an edited .py file in COMPILED does not run)")

@@ -25,6 +25,7 @@ import simpy
 
 from belusim import compiled_modules
 from belusim.config.scenario import ConfigError, resolve_scenario
+from belusim.errors import InputError
 from belusim.report.metrics import Recorder
 from belusim.sim.cluster import simulate
 
@@ -76,7 +77,10 @@ def main() -> None:
         c0, t0 = time.process_time(), time.perf_counter()
         if prof:
             prof.enable()
-        again = simulate(sc, sc.system(args.system), Recorder())
+        try:
+            again = simulate(sc, sc.system(args.system), Recorder())
+        except InputError as e:  # a trace that is not where the scenario says, say
+            sys.exit(str(e))
         if prof:
             prof.disable()
         walls.append(time.perf_counter() - t0)
