@@ -85,12 +85,7 @@ class CompileHotModules(BuildHookInterface):
         shutil.copytree(os.path.join(self.root, "belusim"), os.path.join(work, "belusim"),
                         ignore=shutil.ignore_patterns("__pycache__", "*.so"))
         _run_mypyc(work)
-        built = {}
-        for path in glob.glob(os.path.join(work, "**", "*.so"), recursive=True) + glob.glob(
-                os.path.join(work, "**", "*.pyd"), recursive=True):
-            rel = os.path.relpath(path, work)
-            if not rel.startswith("build" + os.sep):
-                built[path] = rel
+        built = {path: os.path.relpath(path, work) for path in _compiled_files(work)}
         expected = len(COMPILED) + 1  # each module and the shared runtime
         if len(built) != expected:
             raise RuntimeError(f"expected {expected} compiled files, found {sorted(built.values())}")
@@ -115,6 +110,7 @@ def _run_mypyc(work: str) -> None:
 
 
 def _compiled_files(root: str) -> list[str]:
+    """The extensions mypyc left under `root`: each module beside its .py, the runtime at the top."""
     return [p for pattern in ("belusim/**/*.so", "belusim/**/*.pyd", f"{GROUP}__mypyc.*")
             for p in glob.glob(os.path.join(root, pattern), recursive=True)]
 
