@@ -45,6 +45,7 @@ COMPILED = [
     "belusim/transport/kvpath.py",
     "belusim/compute/roofline.py",
     "belusim/sim/engine.py",
+    "belusim/sim/kernel.py",
 ]
 GROUP = "belusim_core"  # the name of mypyc's shared runtime library in the wheel
 

@@ -17,7 +17,7 @@ import time
 from array import array
 from pathlib import Path
 
-import simpy
+from belusim.sim.kernel import Environment
 
 from belusim.config.scenario import resolve_scenario
 from belusim.policy.request import Request
@@ -29,7 +29,7 @@ SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "traces" / "moonc
 
 def run(sc, kv, saves: int, places: int, chunks: int) -> tuple[float, float]:
     """(CPU seconds, simulated seconds) of one run."""
-    env = simpy.Environment()
+    env = Environment()
     paths = KVPaths(env, sc, kv)
     c = paths._chunk_blocks
     keys = array("q", range(1, (chunks + 16) * c + 1))

@@ -4,7 +4,7 @@ completes; a failed check is `belusim: check failed: ...` with exit code 3."""
 from __future__ import annotations
 
 import pytest
-import simpy
+from belusim.sim.kernel import Environment
 import yaml
 from typer.testing import CliRunner
 
@@ -19,7 +19,7 @@ from tests.test_core_cli import TINY
 
 
 def _fabric_with_one_flow(nbytes=1e9, gbps=10.0):
-    env = simpy.Environment()
+    env = Environment()
     fab = Fabric(env)
     link = fab.add_link("l", gbps)
     done = fab.flow(nbytes, [link])

@@ -494,10 +494,10 @@ def _resumption_order(either, seed: int) -> list[tuple[float, str]]:
     others at tied times, some woken before they wait), logging when each resumes."""
     import random
 
-    import simpy
+    from belusim.sim.kernel import Environment
 
     rng = random.Random(seed)
-    env = simpy.Environment()
+    env = Environment()
     log: list[tuple[float, str]] = []
     wakes = [env.event() for _ in range(8)]
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import math
 
 import pytest
-import simpy
+from belusim.sim.kernel import Environment
 
 from belusim.transport.fabric import Fabric
 
 GB = 1e9
 
 
-def _run(env: simpy.Environment, fabric: Fabric, flows: dict) -> dict:
+def _run(env: Environment, fabric: Fabric, flows: dict) -> dict:
     """flows: name -> (start_s, nbytes, [link names], cap_gbps). Returns name -> finish time."""
     done: dict[str, float] = {}
 
@@ -30,7 +30,7 @@ def _run(env: simpy.Environment, fabric: Fabric, flows: dict) -> dict:
 
 @pytest.fixture
 def env():
-    return simpy.Environment()
+    return Environment()
 
 
 def test_single_flow_takes_bytes_over_bandwidth(env):
@@ -270,7 +270,7 @@ def test_a_flow_due_within_the_clocks_resolution_lands_late_in_a_long_run(now):
     """Late in a run the clock cannot tell apart times closer than its float spacing (3.6 ps
     at 30,000 s): a flow due in less than that (and more than the 1 ps tolerance) must land,
     not re-arm a timer that fires at the same instant for ever."""
-    env = simpy.Environment(initial_time=now)
+    env = Environment(initial_time=now)
     f = Fabric(env)
     f.add_link("L", 1)  # 1 GB/s: 1.5e-3 bytes take 1.5 ps
     done = f.flow(1.5e-3, [f.link("L")])

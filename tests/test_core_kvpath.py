@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-import simpy
+from belusim.sim.kernel import Environment
 
 from belusim.config.scenario import GB, KiB, MiB, load_card
 from belusim.transport.kvpath import KB16, KVPaths, RPCServer
@@ -26,7 +26,7 @@ def _paths(resolve, kv: dict, model="qwen3-32b", cluster=None, hardware=None):
     if hardware:
         over["hardware"] = hardware
     sc = resolve(**over)
-    env = simpy.Environment()
+    env = Environment()
     return sc, env, KVPaths(env, sc, sc.systems[0].kv)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import simpy
+from belusim.sim.kernel import Environment
 
 from belusim.config.scenario import ConfigError, StackCard, load_card, resolve_scenario
 from belusim.report.metrics import RECORD_FIELDS, Recorder
@@ -24,7 +24,7 @@ PER_BYTE = StackCard(id="byte", stages=[
 
 
 def _stages(stack, chunk_tokens, env=None):
-    return SoftwareStages(env or simpy.Environment(), stack, HOST, chunk_tokens, KV_PER_TOKEN * chunk_tokens)
+    return SoftwareStages(env or Environment(), stack, HOST, chunk_tokens, KV_PER_TOKEN * chunk_tokens)
 
 
 def test_per_object_costs_grow_with_smaller_chunks_per_byte_costs_do_not():
@@ -51,7 +51,7 @@ def test_prefix_rehash_is_quadratic_and_min_object_size_applies():
 
 
 def test_a_saturated_connector_thread_queues_its_stages():
-    env = simpy.Environment()
+    env = Environment()
     one_ms = StackCard(id="t", stages=[{"name": "call", "ops": ["load"], "per": "call", "fixed_us": 1000,
                                         "source": "assumed: test"}])
     s = _stages(one_ms, 16, env)
@@ -71,7 +71,7 @@ def test_a_saturated_connector_thread_queues_its_stages():
     assert s.stats.thread_wait_s == pytest.approx(3e-3)
     s.check()
     # two threads halve the queue
-    env2 = simpy.Environment()
+    env2 = Environment()
     s2 = _stages(one_ms.model_copy(update={"threads": 2}), 16, env2)
     t2 = s2.new_thread()
     done = []
@@ -87,7 +87,7 @@ def test_a_saturated_connector_thread_queues_its_stages():
 
 
 def test_stage_conservation_check_fails_on_an_unfinished_call():
-    env = simpy.Environment()
+    env = Environment()
     slow = StackCard(id="t", stages=[{"name": "call", "ops": ["save"], "per": "call", "fixed_us": 1000,
                                       "source": "assumed: test"}])
     s = _stages(slow, 16, env)

@@ -8,7 +8,7 @@ import json
 import math
 
 import pytest
-import simpy
+from belusim.sim.kernel import Environment
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -186,7 +186,7 @@ def test_unmutated_fixtures_load(tmp_path):
                                 st.one_of(st.just(math.inf), st.floats(0.5, 50.0)), st.floats(0.0, 0.05)),
                       min_size=1, max_size=8))
 def test_fuzz_fabric_max_min_fairness_and_byte_conservation(caps, flows):
-    env = simpy.Environment()
+    env = Environment()
     fab = Fabric(env)
     links = [fab.add_link(f"l{i}", c) for i, c in enumerate(caps)]
     asked = 0.0

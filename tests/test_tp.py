@@ -4,7 +4,7 @@ step time, tier transfers split over the ranks' own links."""
 from __future__ import annotations
 
 import pytest
-import simpy
+from belusim.sim.kernel import Environment
 
 from belusim.compute.roofline import ComputeModel
 from belusim.config.scenario import GB, ConfigError, load_card, resolve_scenario
@@ -123,7 +123,7 @@ def test_tp_step_time_splits_work_and_adds_two_all_reduces_per_layer():
 
 def test_tp2_tier_load_runs_two_concurrent_flows_on_two_gpu_links():
     sc = _scenario(tp=2, gpus=2, kv={"kind": "local-dram"})
-    env = simpy.Environment()
+    env = Environment()
     paths = KVPaths(env, sc, sc.systems[0].kv)
     assert len(paths.instance_places) == 1
     place = paths.instance_places[0]
@@ -148,7 +148,7 @@ def test_tp2_load_is_faster_than_tp1_when_the_gpu_links_bound_it():
     def load_time(tp):
         sc = _scenario(tp=tp, gpus=2, kv={"kind": "local-dram"},
                        cluster={"servers": 1, "gpus_per_server": 2, "tensor_parallel": tp, "gpus_per_pcie_switch": 1})
-        env = simpy.Environment()
+        env = Environment()
         paths = KVPaths(env, sc, sc.systems[0].kv)
         req = Request(1, 64 * 16 + 1, 1, list(range(64)), 0.0)
         env.process(paths.load(paths.instance_places[0], Load(req, 0, 64)))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import random
 
-import simpy
+from belusim.sim.kernel import Environment
 import yaml
 from typer.testing import CliRunner
 
@@ -15,7 +15,7 @@ from belusim.transport.fabric import Fabric
 
 
 def _random_traffic(seed: int, horizon_s: float, n_flows: int = 300):
-    env = simpy.Environment()
+    env = Environment()
     fab = Fabric(env)
     fab.record_series = True
     links = [fab.add_link(f"l{i}", gbps) for i, gbps in enumerate((10, 25, 50, 100))]

@@ -50,11 +50,10 @@ class TransferTimes:
         t = self._cache.get(key)
         if t is None:
             if self._env is None:
-                import simpy
-
+                from belusim.sim.kernel import Environment
                 from belusim.transport.kvpath import KVPaths
 
-                self._env = simpy.Environment(0.0)
+                self._env = Environment()
                 self._paths = KVPaths(self._env, self.sc, self.kv)
             env, paths = self._env, self._paths
             t0 = env.now

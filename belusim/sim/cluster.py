@@ -1,6 +1,6 @@
 """A cluster of instances behind one router, on one KV system, driven through phases.
 
-`simulate(scenario, system)` builds the SimPy world for one system, then plays the
+`simulate(scenario, system)` builds the simulated world for one system (on the event kernel, sim/kernel.py, which has SimPy's semantics), then plays the
 scenario's phases one after another on it (caches persist between phases), recording every
 request and checking conservation at the end.
 """
@@ -15,12 +15,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
-import simpy
 
 from belusim.compute.roofline import ComputeModel
 from belusim.config.scenario import GB, Scenario, SystemConfig
 from belusim.errors import CheckFailed
 from belusim.sim.engine import Instance
+from belusim.sim.kernel import EmptySchedule, Environment, Event
 from belusim.transport.kvpath import KVPaths
 from belusim.report.metrics import Recorder, itl_samples, summarize
 from belusim.policy.blocks import BlockPool
@@ -87,7 +87,7 @@ class SystemRun:
     transfers: dict
     checks: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    events: int = 0  # SimPy events scheduled (for speed benchmarks)
+    events: int = 0  # events scheduled (for speed benchmarks)
     utilisation_series: dict = field(default_factory=dict)  # busiest links over time (Fabric.utilisation_series)
 
 
@@ -96,7 +96,7 @@ class Cluster:
         self.sc = scenario
         self.system = system
         self.recorder = recorder
-        self.env = simpy.Environment(0.0)  # float times throughout (the compiled modules keep them as floats)
+        self.env = Environment()
         kv = system.kv
         self.paths = KVPaths(self.env, scenario, kv, system.stack)
         self.paths.fabric.record_series = scenario.run.utilisation_series
@@ -169,7 +169,7 @@ class Cluster:
                 self.decode_routers[id(members[0].sched.tier)] = (
                     members, Router(system.router, [m.sched for m in members]))
         self._phase_left = 0
-        self._phase_done: simpy.Event | None = None
+        self._phase_done: Event | None = None
         self._live: dict[int, Request] = {}
         self.end_time = 0.0  # when the last request finished or the last save landed
         self.submitted = 0
@@ -373,7 +373,7 @@ class Cluster:
         while self.paths.fabric.active_flows or any(i.pending_saves for i in self.instances):
             try:
                 env.step()
-            except simpy.core.EmptySchedule:
+            except EmptySchedule:
                 stuck = {i.index: i.pending_saves for i in self.instances if i.pending_saves}
                 raise CheckFailed(
                     f"system {self.system.name!r}: saves that never complete: nothing left to simulate "
@@ -383,9 +383,8 @@ class Cluster:
 
     @property
     def events_scheduled(self) -> int:
-        # SimPy numbers every scheduled event (its tie-breaker); reading the counter costs
-        # nothing per event. Taking one id leaves a gap, which only ordering ever sees.
-        return next(self.env._eid)
+        # the kernel numbers every scheduled event (its tie-breaker)
+        return self.env.scheduled
 
     def check(self) -> dict:
         """Conservation at the end of a run; a failure raises CheckFailed saying what and by how much."""

@@ -1,4 +1,4 @@
-"""One serving instance as a SimPy process: the SimPy executor of the shared step loop
+"""One serving instance as a process of the event kernel (sim/kernel.py): the simulated executor of the shared step loop
 (policy/step.py), which schedules a step, has it run, applies it and repeats.
 
 A step is: the tier lookups' metadata RPCs, then (sync connectors) the loads of the requests
@@ -17,19 +17,17 @@ import math
 from array import array
 from typing import Any
 
-import simpy
-from simpy.events import URGENT, Event
-
 from belusim.compute.roofline import ComputeModel
 from belusim.transport.kvpath import GPUPlace, KVPaths
 from belusim.policy.connector import ConnectorSemantics
 from belusim.policy.request import TTFT_PARTS, Request
 from belusim.policy.scheduler import Load, Save, Scheduler, StepPlan
 from belusim.policy.step import IDLE, WaitSaves, load_landed, save_landed, step_loop
+from belusim.sim.kernel import Environment, Event
 
 
 class Instance:
-    def __init__(self, env: simpy.Environment, index: int, place: GPUPlace, sched: Scheduler,
+    def __init__(self, env: Environment, index: int, place: GPUPlace, sched: Scheduler,
                  compute: ComputeModel, paths: KVPaths, coalesce_steps: int, kernel_slowdown: float,
                  on_finish, role: str = "mixed", connector: ConnectorSemantics | None = None):
         self.env = env
@@ -45,7 +43,7 @@ class Instance:
         self.connector = connector or ConnectorSemantics(load_mode=sched.load_mode)
         if self.connector.load_mode != sched.load_mode:
             raise ValueError("the connector's load mode and the scheduler's differ")
-        self._wake: simpy.Event | None = None
+        self._wake: Event | None = None
         self.steps = 0
         self.step_events = 0
         self.pending_saves = 0
@@ -114,13 +112,13 @@ class Instance:
             req = load.request
             req.ttft_parts[_QUEUE] += self.env.now - req.ttft_mark
             req.ttft_mark = self.env.now
-            spawn(self.env, self._load(load))
+            self.env.spawn(self._load(load))
 
     def start_saves(self, saves: list[Save]) -> None:
         for save in saves:
             self.pending_saves += 1
             self._copy_issued(len(save.keys) * self._chunk_blocks)
-            spawn(self.env, self._save(save))
+            self.env.spawn(self._save(save))
 
     def step_ended(self) -> None:
         self.step_ends.append(self.env.now)
@@ -129,7 +127,7 @@ class Instance:
         self.on_finish(req)
 
     def run(self):
-        """Drive the shared step loop in SimPy time."""
+        """Drive the shared step loop in simulated time."""
         env = self.env
         loop = step_loop(self.sched, self.connector, self, self.coalesce)
         cmd = next(loop)
@@ -326,7 +324,7 @@ class Instance:
                 peer.notify()
 
 
-def first_of(env: simpy.Environment, a: Event, b: Event) -> Event:
+def first_of(env: Environment, a: Event, b: Event) -> Event:
     """The event a process yielding `a | b` resumes on, without SimPy's Condition (whose
     value, the events that fired, nobody reads here): it is scheduled when the first of a
     and b is processed, or at once if one already was, as the Condition's _check schedules
@@ -344,31 +342,6 @@ def first_of(env: simpy.Environment, a: Event, b: Event) -> Event:
         else:
             ev.callbacks.append(fire)
     return first
-
-
-def spawn(env: simpy.Environment, gen) -> None:
-    """Run a generator as env.process(gen) would, for a caller that never waits for its end:
-    started by an urgent event and resumed by the events it yields, in the same order, but
-    without a Process and the end event that nobody would wait on."""
-
-    def resume(event: Event) -> None:
-        while True:
-            try:
-                if event._ok:
-                    event = gen.send(event._value)
-                else:
-                    event._defused = True
-                    event = gen.throw(event._value)
-            except StopIteration:
-                return
-            if event.callbacks is not None:  # not yet processed: resume when it is
-                event.callbacks.append(resume)
-                return
-
-    start = Event(env)
-    start._ok, start._value = True, None
-    start.callbacks.append(resume)
-    env.schedule(start, URGENT)
 
 
 (_QUEUE, _COMPUTE, _WIRE, _SOFTWARE, _THREAD, _LOOKUP, _RPC, _SAVE, _OTHERS) = range(len(TTFT_PARTS))

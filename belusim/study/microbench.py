@@ -39,13 +39,13 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-import simpy
 
 from belusim.config.scenario import GB, KVSystemConfig, LLMCard, Scenario, SystemConfig, load_card
 from belusim.transport.fabric import Link
 from belusim.transport.kvpath import KB16, GPUPlace, KVPaths
 from belusim.policy.request import Request
 from belusim.policy.scheduler import Load, Save
+from belusim.sim.kernel import Environment
 
 TRANSFER_KINDS = ("cxl-pool", "rdma-pool", "local-dram")
 
@@ -162,7 +162,7 @@ def _simulate(sc: Scenario, kv: KVSystemConfig, direction: str, tokens: int, con
         raise MicrobenchError(f"KV system kind {kv.kind!r} has no external tier to transfer to")
     if concurrency < 1:
         raise MicrobenchError(f"concurrency must be at least 1, got {concurrency}")
-    env = simpy.Environment(0.0)
+    env = Environment()
     paths = KVPaths(env, sc, kv)
     places = _order_places(paths, sc, placement)
     if concurrency > len(places):
@@ -398,7 +398,7 @@ class _PathRates:
 def path_rates(sc: Scenario, kv: KVSystemConfig) -> _PathRates:
     """Lone load rates of each step of the system's path, from a probe load of one tier chunk
     through KVPaths (every link it crosses, every cap, as the simulator has them)."""
-    env = simpy.Environment(0.0)
+    env = Environment()
     paths = KVPaths(env, sc, kv)
     place = paths.places[0]
     flows: list[tuple[float, tuple]] = []

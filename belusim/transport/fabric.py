@@ -13,7 +13,8 @@ import math
 from bisect import insort
 from dataclasses import dataclass, field
 
-import simpy
+from belusim.sim.kernel import Environment, Event
+
 
 _EPS_BYTES = 1e-3  # a flow with less left than this is done (float drift)
 _RATES_SEEN_MAX = 4096  # rate assignments remembered (bounds the memory of long runs)
@@ -40,7 +41,7 @@ class Link:
 class Transfer:
     """Flows that one caller waits for together: `done` fires when the last has landed."""
 
-    done: simpy.Event
+    done: Event
     left: int = 0  # flows not yet finished
 
 
@@ -76,12 +77,12 @@ class Flow:
 class Fabric:
     """All links of a simulated system and the flows on them."""
 
-    def __init__(self, env: simpy.Environment):
+    def __init__(self, env: Environment):
         self.env = env
         self.links: dict[str, Link] = {}
         self._active: list[Flow] = []
         self._last_update = 0.0
-        self._timer: simpy.Event | None = None  # the pending timer; older ones are stale
+        self._timer: Event | None = None  # the pending timer; older ones are stale
         # When the earliest active flow lands at the rates last assigned, and the slowest of
         # those rates: between reschedules no flow can be near done before then (_any_done)
         self._due = math.inf
@@ -138,15 +139,15 @@ class Fabric:
         self._reschedule()
 
     # -- flows ----------------------------------------------------------------------
-    def flow(self, nbytes: float, links, cap_gbps: float = math.inf) -> simpy.Event:
+    def flow(self, nbytes: float, links, cap_gbps: float = math.inf) -> Event:
         """Start moving nbytes over links; the returned event fires when the last byte lands."""
         return self.transfer([(nbytes, links if isinstance(links, Path) else Path.of(links))], cap_gbps)
 
-    def transfer(self, parts: list[tuple[float, Path]], cap_gbps: float = math.inf) -> simpy.Event:
+    def transfer(self, parts: list[tuple[float, Path]], cap_gbps: float = math.inf) -> Event:
         """Start flows of (nbytes, path) at once; the returned event fires when the last of
         them has landed (with the seconds it took). One event for the lot, where waiting on
         each flow's own would cost an event per flow and one more to join them."""
-        done: simpy.Event = self.env.event()
+        done: Event = self.env.event()
         if self.transfer_log is not None:
             self.transfer_log.extend([(nbytes, path.links) for nbytes, path in parts])
         t = Transfer(done)
@@ -289,7 +290,7 @@ class Fabric:
         ev = self._timer = self.env.timeout(max(dt, 0.0))
         ev.callbacks.append(self._on_timer)
 
-    def _on_timer(self, ev: simpy.Event) -> None:
+    def _on_timer(self, ev: Event) -> None:
         if ev is not self._timer:
             return  # a later start or finish already rescheduled
         self._advance()

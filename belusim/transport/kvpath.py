@@ -29,12 +29,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import simpy
 
 from belusim.config.scenario import GB, KVSystemConfig, Scenario, StackCard
 from belusim.transport.fabric import Fabric, Link, Path
 from belusim.transport.stages import SoftwareStages
 from belusim.policy.scheduler import Load, Save
+from belusim.sim.kernel import Environment, Resource
 
 KB16 = 16 * 1024
 
@@ -48,12 +48,12 @@ class GPUPlace:
     pcie_switch: int
     socket: int
     name: str = ""
-    poller: simpy.Resource | None = None  # the RDMA connector's CPU thread
-    connector_thread: simpy.Resource | None = None  # runs the stack's load/save stages
+    poller: Resource | None = None  # the RDMA connector's CPU thread
+    connector_thread: Resource | None = None  # runs the stack's load/save stages
     kernel_link_store: Link | None = None
     kernel_link_load: Link | None = None
     # ordered_transfers: one copy stream per direction (load, store), each a FIFO
-    streams: dict[str, simpy.Resource] = field(default_factory=dict)
+    streams: dict[str, Resource] = field(default_factory=dict)
     # An instance's place is its first GPU's; ranks lists all its GPUs (tensor parallelism).
     ranks: list[GPUPlace] = field(default_factory=list)
 
@@ -93,7 +93,7 @@ class TransferStats:
 class KVPaths:
     """The cluster's links and the load/save procedures of one KV system."""
 
-    def __init__(self, env: simpy.Environment, scenario: Scenario, kv: KVSystemConfig,
+    def __init__(self, env: Environment, scenario: Scenario, kv: KVSystemConfig,
                  stack: StackCard | None = None):
         self.env = env
         self.sc = scenario
@@ -145,10 +145,10 @@ class KVPaths:
                 # The copy kernel's own top rate, shared by the kernels of one GPU.
                 place.kernel_link_store = f.add_link(f"s{s}.gpu{g}.kernel.store", gpu.copy_kernel_gbps)
                 place.kernel_link_load = f.add_link(f"s{s}.gpu{g}.kernel.load", gpu.copy_kernel_gbps)
-                place.poller = simpy.Resource(env, capacity=1)
+                place.poller = Resource(env, capacity=1)
                 place.connector_thread = self.stages.new_thread()
                 if kv.ordered_transfers:
-                    place.streams = {d: simpy.Resource(env, capacity=1) for d in ("load", "store")}
+                    place.streams = {d: Resource(env, capacity=1) for d in ("load", "store")}
                 self.places.append(place)
                 if g % tp == 0:
                     self.instance_places.append(place)

@@ -6,7 +6,7 @@ hashes. Figures come from the stack card (models/stacks/), rates named `host-mem
 `host-sha256` from the host card (which a calibration profile can replace).
 
 Lookups run in the scheduler and block the step (as vLLM's get_num_new_matched_tokens does).
-Loads and saves run their stages on the instance's connector threads, a SimPy resource that
+Loads and saves run their stages on the instance's connector threads, a resource of the event kernel that
 queues when busy; the wire time stays in the fabric.
 """
 
@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import simpy
 
 from belusim.config.scenario import GB, HostCard, StackCard, StageConfig
+from belusim.sim.kernel import Environment, Resource
 
 TOKEN_ID_BYTES = 4  # token ids hashed as int32 (LMCache's token tensors; vLLM issue 29261)
 
@@ -36,7 +36,7 @@ class StageStats:
 
 
 class SoftwareStages:
-    def __init__(self, env: simpy.Environment, stack: StackCard | None, host: HostCard,
+    def __init__(self, env: Environment, stack: StackCard | None, host: HostCard,
                  chunk_tokens: int, chunk_bytes: float):
         self.env = env
         self.stack = stack
@@ -50,8 +50,8 @@ class SoftwareStages:
         }
         self.stats = StageStats()
 
-    def new_thread(self) -> simpy.Resource:
-        return simpy.Resource(self.env, capacity=self.threads)
+    def new_thread(self) -> Resource:
+        return Resource(self.env, capacity=self.threads)
 
     def _gbps(self, st: StageConfig) -> float | None:
         return self._rate[st.gbps] if isinstance(st.gbps, str) else st.gbps
@@ -85,8 +85,8 @@ class SoftwareStages:
                 total += t
         return total
 
-    def run(self, thread: simpy.Resource, op: str, chunks: int, nbytes: float):
-        """Run one request's load or save stages on a connector thread (a SimPy generator).
+    def run(self, thread: Resource, op: str, chunks: int, nbytes: float):
+        """Run one request's load or save stages on a connector thread (a process generator).
         Returns (seconds waiting for the thread, seconds in stages)."""
         costs = self.costs(op, chunks, nbytes)
         if not costs:
