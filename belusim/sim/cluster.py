@@ -1,8 +1,9 @@
 """A cluster of instances behind one router, on one KV system, driven through phases.
 
-`simulate(scenario, system)` builds the simulated world for one system (on the event kernel, sim/kernel.py, which has SimPy's semantics), then plays the
-scenario's phases one after another on it (caches persist between phases), recording every
-request and checking conservation at the end.
+`simulate(scenario, system)` builds the simulated world for one system (on the event kernel,
+sim/kernel.py, which has SimPy's semantics), then plays the scenario's phases one after
+another on it (caches persist between phases), recording every request and checking
+conservation at the end.
 """
 
 from __future__ import annotations

@@ -181,9 +181,9 @@ class Process(Event):
     def is_alive(self) -> bool:
         return self._value is PENDING
 
-    def __call__(self, event: Event) -> None:
-        self._resume(event)
-
+    # A process waits in its target's callbacks as itself (not a bound method, made anew at
+    # every wait) and step() resumes it. It has no __call__: with one, mypyc 2.4.1 compiled
+    # this subclass with its fields shifted (process.callbacks read the environment).
     def _resume(self, event: Event) -> None:
         env = self.env
         env._active_proc = self

@@ -82,6 +82,7 @@ class Fabric:
         self.links: dict[str, Link] = {}
         self._active: list[Flow] = []
         self._last_update = 0.0
+        self._on_timer_cb = self._on_timer  # one bound method for every timer
         self._timer: Event | None = None  # the pending timer; older ones are stale
         # When the earliest active flow lands at the rates last assigned, and the slowest of
         # those rates: between reschedules no flow can be near done before then (_any_done)
@@ -288,7 +289,7 @@ class Fabric:
                     dt = t
         self._due, self._min_rate = self.env.now + dt, slowest
         ev = self._timer = self.env.timeout(max(dt, 0.0))
-        ev.callbacks.append(self._on_timer)
+        ev.callbacks.append(self._on_timer_cb)  # type: ignore[union-attr]  # (a new timeout's is a list)
 
     def _on_timer(self, ev: Event) -> None:
         if ev is not self._timer:
