@@ -258,18 +258,25 @@ class _MooncakeSpecs:
         self.ol = outputs
         self.name = trace.path.name
         self._win = (0, 0)
-        self._keys = self._off = None
+        self._keys = None
+        # the window's numbers as Python ints, made once (a numpy scalar per field per
+        # request cost more than the rest of the request's spec)
+        self._off: list[int] = []
+        self._nums: list[tuple[int, int, int]] = []
 
     def __call__(self, i: int, arrival: float | None) -> RequestSpec:
         w0, w1 = self._win
         if not w0 <= i < w1:
             w0, w1 = i, min(len(self.trace), i + self.WINDOW)
-            self._keys, self._off = engine_block_keys(trace_slice(self.trace, w0, w1), self.bs)
+            self._keys, off = engine_block_keys(trace_slice(self.trace, w0, w1), self.bs)
+            self._off = off.tolist()
+            self._nums = list(zip([int(v) for v in self.il[w0:w1].tolist()], [int(v) for v in self.ol[w0:w1].tolist()],
+                                  [int(v) for v in self.trace.index[w0:w1].tolist()]))
             self._win = (w0, w1)
         off = self._off
         j = i - w0
-        return RequestSpec(i, int(self.il[i]), int(self.ol[i]), self._keys[off[j]:off[j + 1]], arrival,
-                           f"mooncake:{self.name}:{int(self.trace.index[i])}")
+        il, ol, index = self._nums[j]
+        return RequestSpec(i, il, ol, self._keys[off[j]:off[j + 1]], arrival, f"mooncake:{self.name}:{index}")
 
 
 def shared_prefix_requests(cfg: SharedPrefixConfig, block_size: int, seed: int) -> RequestList:
