@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from belusim import compiled_modules
 from belusim.policy.router import Router
 from belusim.sim.cluster import Cluster, SimulationError, simulate
 from belusim.config.scenario import ConfigError, resolve_scenario
@@ -526,3 +527,39 @@ def test_first_of_resumes_in_the_order_an_any_of_would():
 
     for seed in range(60):
         assert _resumption_order(first_of, seed) == _resumption_order(lambda env, a, b: a | b, seed), seed
+
+
+# --------------------------------------------------------------------------- blocked re-probes
+
+
+def _blocked_run(monkeypatch, watches: bool):
+    """Records of a tight shared-pool run, and how many index walks its lookups made. Without
+    watches, a blocked request is looked up afresh (both trees walked) every time it is asked."""
+    from belusim.policy.blocks import BlockPool
+    from belusim.policy.tier import TierIndex
+
+    if not watches:
+        monkeypatch.setattr(BlockPool, "watching", lambda self, req: False)
+        monkeypatch.setattr(TierIndex, "watching", lambda self, req: False)
+    walks = []
+    match, match_prefix = TierIndex.match, BlockPool.match_prefix
+    monkeypatch.setattr(TierIndex, "match", lambda self, *a: walks.append("tier") or match(self, *a))
+    monkeypatch.setattr(BlockPool, "match_prefix", lambda self, *a: walks.append("hbm") or match_prefix(self, *a))
+    sc = _scenario({"kind": "cxl-pool", "metadata_rpc": "none"}, 150, 2, 512)
+    rec = Recorder()
+    cluster = Cluster(sc, sc.systems[0], rec)
+    cluster.run_phase("p", _open_workload(n=60), 1e6)
+    cluster.drain()
+    cluster.check()
+    return repr(list(rec.rows)), walks
+
+
+@pytest.mark.skipif(bool(compiled_modules()), reason="patches compiled classes")
+def test_a_blocked_request_whose_watches_hold_is_not_walked_again(monkeypatch):
+    """While an index still watches a blocked request, its match is what it was: the lookup
+    takes it from the last probe. Forcing every walk changes no record."""
+    rows, walks = _blocked_run(monkeypatch, watches=True)
+    monkeypatch.undo()
+    rows_walked, walks_all = _blocked_run(monkeypatch, watches=False)
+    assert rows == rows_walked
+    assert walks_all.count("tier") > walks.count("tier") and walks_all.count("hbm") > walks.count("hbm")

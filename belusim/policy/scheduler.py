@@ -234,9 +234,14 @@ class Scheduler:
         tier = self.tier
         # Both indexes are walked per run of blocks; a re-probe skips the walk when nothing
         # was cached or evicted since the last (acquires, releases and touches change no match).
+        # A blocked request's index still watching it (see _block) has its match unchanged.
         probe = req.probe
+        blocked = req.blocked_at is not None and probe[2] == limit
         pool_state = (limit, pool.evictions, pool.promotions)
-        hbm = probe[0] if probe[2:5] == pool_state else pool.match_prefix(req.keys, limit)
+        if probe[2:5] == pool_state or (blocked and pool.watching(req)):
+            hbm = probe[0]
+        else:
+            hbm = pool.match_prefix(req.keys, limit)
         tier_blocks = 0
         tier_state = (-1, -1)
         if tier is not None:
@@ -244,7 +249,7 @@ class Scheduler:
             plan.lookup_keys += max(1, limit // tier.chunk_blocks)
             plan.lookup_chunks.append(limit // tier.chunk_blocks)
             tier_state = (tier.evictions, tier.inserted)
-            if probe[5:7] == tier_state and probe[2] == limit:
+            if (probe[5:7] == tier_state and probe[2] == limit) or (blocked and tier.watching(req)):
                 tier_blocks = probe[1]
                 tier.lookups += 1  # the same lookup, answered from the last one
             else:
