@@ -17,6 +17,8 @@ import math
 from array import array
 from typing import Any
 
+import numpy as np
+
 from belusim.compute.roofline import ComputeModel
 from belusim.transport.kvpath import GPUPlace, KVPaths
 from belusim.policy.connector import ConnectorSemantics
@@ -427,9 +429,11 @@ class _StretchClock:
         return min(m, k - 1)
 
     def append_ends(self, ends: array, start: float, n: int) -> None:
-        """Append start + elapsed(m) for m = 1..n to ends (elapsed() inlined: the same
-        arithmetic, so the same floats)."""
-        a, b, c0, batch = self.a, self.b, self.c0, self.batch
-        append = ends.append
-        for m in range(1, n + 1):
-            append(start + (m * a + b * (m * c0 + batch * m * (m - 1) / 2)))
+        """Append start + elapsed(m) for m = 1..n to ends (numpy for long runs: the same
+        operations in the same order on the same types, so the same floats)."""
+        if n < 32:
+            ends.extend([start + self.elapsed(m) for m in range(1, n + 1)])
+            return
+        m = np.arange(1, n + 1, dtype=np.int64)
+        vals = start + (m * self.a + self.b * (m * self.c0 + self.batch * m * (m - 1) / 2))
+        ends.frombytes(vals.tobytes())

@@ -24,11 +24,17 @@ the traces.
 from __future__ import annotations
 
 from collections.abc import Generator, Iterable, Iterator
+from heapq import heappop, heappush
 from typing import Any
 
 Infinity = float("inf")
 URGENT = 0
 NORMAL = 1
+
+# Compiled (an extension module), the schedule is a heap of events compared by their native
+# fields; run as Python source, a heap of (time, priority, number, event) tuples through the
+# C heapq, as SimPy's, is faster. Both order events alike: by time, priority, number.
+_COMPILED = not __file__.endswith(".py")
 
 
 class EmptySchedule(Exception):
@@ -53,16 +59,18 @@ class Event:
     """Something that happens at a point in simulated time. Triggered (succeed/fail)
     schedules it; processed runs its callbacks (then callbacks is None)."""
 
+    # defaults in the class: a new event sets only what differs (cheaper run as Python)
+    _value: Any = PENDING
+    _ok: bool = False
+    _defused: bool = False
+    # its place in the schedule: (time, priority, number)
+    _at: float = 0.0
+    _priority: int = NORMAL
+    _eid: int = 0
+
     def __init__(self, env: Environment) -> None:
         self.env = env
         self.callbacks: list[Any] | None = []
-        self._value: Any = PENDING
-        self._ok = False
-        self._defused = False
-        # its place in the schedule: (time, priority, number)
-        self._at = 0.0
-        self._priority = NORMAL
-        self._eid = 0
 
     def __repr__(self) -> str:
         return f"<{self._desc()} object at {id(self):#x}>"
@@ -137,7 +145,6 @@ class Timeout(Event):
         self.callbacks = []
         self._value = value
         self._ok = True
-        self._defused = False
         self._delay = delay
         env.schedule(self, NORMAL, delay)
 
@@ -155,9 +162,6 @@ class Process(Event):
             raise ValueError(f"{generator} is not a generator.")
         self.env = env
         self.callbacks = []
-        self._value = PENDING
-        self._ok = False
-        self._defused = False
         self._generator = generator
         start = Event(env)
         start.callbacks = [self]
@@ -446,7 +450,8 @@ class Environment:
 
     def __init__(self, initial_time: float = 0.0) -> None:
         self._now = float(initial_time)
-        self._queue: list[Event] = []
+        self._queue: list[Event] = []  # compiled: the heap of events
+        self._tuples: list[tuple[float, int, int, Event]] = []  # as Python: the heap of tuples
         self._eid = 0
         self._active_proc: Process | None = None
 
@@ -491,6 +496,9 @@ class Environment:
         eid = self._eid
         self._eid = eid + 1
         event._at = at
+        if not _COMPILED:
+            heappush(self._tuples, (at, priority, eid, event))
+            return
         event._priority = priority
         event._eid = eid
         q = self._queue
@@ -510,6 +518,8 @@ class Environment:
         q[pos] = event
 
     def _pop(self) -> Event:
+        if not _COMPILED:
+            return heappop(self._tuples)[3]
         q = self._queue
         last = q.pop()
         if not q:
@@ -539,11 +549,13 @@ class Environment:
 
     def peek(self) -> float:
         """The time of the next event (infinity if none)."""
-        return self._queue[0]._at if self._queue else Infinity
+        if _COMPILED:
+            return self._queue[0]._at if self._queue else Infinity
+        return self._tuples[0][0] if self._tuples else Infinity
 
     def step(self) -> None:
         """Process the next event; EmptySchedule if there is none."""
-        if not self._queue:
+        if not (self._queue or self._tuples):
             raise EmptySchedule()
         event = self._pop()
         self._now = event._at
