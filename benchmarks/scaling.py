@@ -130,7 +130,7 @@ def count_grid(args, factors: list[float], instances: list[int]) -> None:
         if args.json:
             print(json.dumps(rows[-1]), flush=True)
     if not args.json:
-        print_table("Instructions per request, thousands (SimPy events per request)", rows, factors,
+        print_table("Instructions per request, thousands (events per request)", rows, factors,
                     instances, 18, lambda r: f"{r['instructions_per_request'] / 1e3:>9,.0f} "
                                              f"({r['events_per_request']:>5.1f})")
 

@@ -5,7 +5,7 @@
 
 Fields: wall_s and cpu_s (this process, whole simulate() call, workload reading
 included; with --repeat N the least of N runs in this process, each run's in cpu_s_runs:
-on a shared machine the least is the one least disturbed by others), simulated_s, requests, events (SimPy events scheduled), steps (engine steps),
+on a shared machine the least is the one least disturbed by others), simulated_s, requests, events (events scheduled), steps (engine steps),
 step_events, real_time_factor_cpu (simulated seconds per CPU second), peak_rss_mb (the
 process's high-water mark) and bare_simpy_us_per_event (a loop of plain env.timeout on
 this machine now, for scale) and compiled_modules (how many of belusim's modules run compiled,
