@@ -13,12 +13,13 @@ This kernel keeps SimPy's contract, so that a run gives the same results event f
 - a process starts at an URGENT Initialize event, is resumed by the events it yields and,
   when its generator returns, schedules itself as an event with the return value;
 - a condition (all_of, any_of, `a & b`, `a | b`) checks its events as they are processed;
-- a resource grants requests first come, first served; a release is an event.
+- a resource grants requests first come, first served, trying only the queue's head when a
+  request is made or a release (an event) is processed.
 
 Differences: no Process.interrupt and no priority or preemptive resources (belusim uses
 neither); a yielded non-event raises RuntimeError without the frame's source line; time is
-a float. tests/test_kernel.py runs the same random programs on SimPy and here and compares
-the traces.
+a float; Environment.spawn runs a generator as a Task. tests/test_kernel.py runs the same
+random programs on SimPy and here and compares the traces and the events scheduled.
 """
 
 from __future__ import annotations
@@ -111,20 +112,18 @@ class Event:
         self.env.schedule(self)
 
     def succeed(self, value: Any = None) -> Event:
-        if self._value is not PENDING:
-            raise RuntimeError(f"{self} has already been triggered")
-        self._ok = True
-        self._value = value
-        self.env.schedule(self)
-        return self
+        return self._settle(True, value)
 
     def fail(self, exception: BaseException) -> Event:
+        if self._value is PENDING and not isinstance(exception, BaseException):
+            raise TypeError(f"{exception} is not an exception.")
+        return self._settle(False, exception)
+
+    def _settle(self, ok: bool, value: Any) -> Event:
         if self._value is not PENDING:
             raise RuntimeError(f"{self} has already been triggered")
-        if not isinstance(exception, BaseException):
-            raise TypeError(f"{exception} is not an exception.")
-        self._ok = False
-        self._value = exception
+        self._ok = ok
+        self._value = value
         self.env.schedule(self)
         return self
 
