@@ -1,5 +1,6 @@
-"""One serving instance as a process of the event kernel (sim/kernel.py): the simulated executor of the shared step loop
-(policy/step.py), which schedules a step, has it run, applies it and repeats.
+"""One serving instance as a process of the event kernel (sim/kernel.py): the simulated
+executor of the shared step loop (policy/step.py), which schedules a step, has it run,
+applies it and repeats.
 
 A step is: the tier lookups' metadata RPCs, then (sync connectors) the loads of the requests
 it admits, one after another, then the forward pass (layer-wise loads overlap it layer by

@@ -162,12 +162,7 @@ class Process(Event):
         self.env = env
         self.callbacks = []
         self._generator = generator
-        start = Event(env)
-        start.callbacks = [self]
-        start._ok = True
-        start._value = None
-        env.schedule(start, URGENT)
-        self._target: Event | None = start
+        self._target: Event | None = env._urgent([self])
 
     def _desc(self) -> str:
         return f"Process({self.name})"
@@ -232,11 +227,7 @@ class Task:
 
     def __init__(self, env: Environment, gen: Generator[Any, Any, Any]) -> None:
         self.gen = gen
-        start = Event(env)
-        start._ok = True
-        start._value = None
-        start.callbacks = [self]
-        env.schedule(start, URGENT)
+        env._urgent([self])
 
     def __call__(self, event: Event) -> None:
         self._resume(event)
@@ -488,6 +479,16 @@ class Environment:
     def any_of(self, events: Iterable[Event]) -> Condition:
         return Condition(self, False, events)
 
+    def _urgent(self, callbacks: list[Any], delay: float = 0.0) -> Event:
+        """A succeeded event (value None) scheduled URGENT after `delay`: a process's start,
+        run()'s stop time."""
+        event = Event(self)
+        event.callbacks = callbacks
+        event._ok = True
+        event._value = None
+        self.schedule(event, URGENT, delay)
+        return event
+
     # -- the schedule ---------------------------------------------------------------------
     def schedule(self, event: Event, priority: int = NORMAL, delay: float = 0.0) -> None:
         """Put `event` on the schedule at now + delay (an event is on it at most once)."""
@@ -588,11 +589,7 @@ class Environment:
                 at = float(until)
                 if at <= self._now:
                     raise ValueError(f"until ({at}) must be greater than the current simulation time")
-                stop = Event(self)
-                stop._ok = True
-                stop._value = None
-                self.schedule(stop, URGENT, at - self._now)
-                until = stop
+                until = self._urgent([], at - self._now)
             elif until.callbacks is None:
                 return until.value
             until.callbacks.append(_stop)
