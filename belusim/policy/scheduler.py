@@ -20,7 +20,6 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from belusim.policy.blocks import BlockPool
 from belusim.policy.connector import LOAD_MODES
@@ -32,39 +31,64 @@ def blocks_for(tokens: int, block_size: int) -> int:
     return -(-tokens // block_size)
 
 
-@dataclass(slots=True)
+# Load, Save and StepPlan are made for every step and transfer: plain classes with their
+# own __init__, which the compiled build compiles (a dataclass's generated __init__ runs as
+# interpreted Python even there: about 5,000 instructions per StepPlan).
 class Load:
-    request: Request
-    first_block: int
-    num_blocks: int
-    thread_wait_s: float = 0.0  # waiting for a connector thread (set by the executor)
-    software_s: float = 0.0  # in the stack's software stages
+    __slots__ = ("request", "first_block", "num_blocks", "thread_wait_s", "software_s")
+
+    def __init__(self, request: Request, first_block: int, num_blocks: int,
+                 thread_wait_s: float = 0.0, software_s: float = 0.0):
+        self.request = request
+        self.first_block = first_block
+        self.num_blocks = num_blocks
+        self.thread_wait_s = thread_wait_s  # waiting for a connector thread (set by the executor)
+        self.software_s = software_s  # in the stack's software stages
+
+    def __repr__(self) -> str:
+        return f"Load(request {self.request.req_id}, blocks {self.first_block}+{self.num_blocks})"
 
 
-@dataclass(slots=True)
 class Save:
-    request: Request
-    chunk_indexes: Sequence[int]  # sorted (a range when they are one run)
-    keys: Sequence[int]
-    thread_wait_s: float = 0.0
-    software_s: float = 0.0
-    tier_run: TierNode | None = None  # the tier's pending run of these chunks (TierIndex.end_save's shortcut)
+    __slots__ = ("request", "chunk_indexes", "keys", "thread_wait_s", "software_s", "tier_run")
+
+    def __init__(self, request: Request, chunk_indexes: Sequence[int], keys: Sequence[int],
+                 thread_wait_s: float = 0.0, software_s: float = 0.0, tier_run: TierNode | None = None):
+        self.request = request
+        self.chunk_indexes = chunk_indexes  # sorted (a range when they are one run)
+        self.keys = keys
+        self.thread_wait_s = thread_wait_s
+        self.software_s = software_s
+        self.tier_run = tier_run  # the tier's pending run of these chunks (TierIndex.end_save's shortcut)
+
+    def __repr__(self) -> str:
+        return f"Save(request {self.request.req_id}, chunks {list(self.chunk_indexes)})"
 
 
-@dataclass(slots=True)
 class StepPlan:
-    scheduled: list[tuple[Request, int]] = field(default_factory=list)  # (request, tokens) pairs
-    tokens: int = 0
-    prefill_units: float = 0.0  # sum of n x (c + n/2) over prefill chunks
-    decode_context: int = 0  # KV tokens read by decoding requests
-    loads: list[Load] = field(default_factory=list)  # Load, started now
-    in_step_loads: bool = False  # sync/layerwise: the loads are part of this step
-    admitted: int = 0
-    preempted: int = 0
-    lookups: int = 0  # tier lookups done while scheduling (metadata RPCs)
-    lookup_keys: int = 0  # chunk names those lookups asked about
-    lookup_chunks: list[int] = field(default_factory=list)  # per lookup: the prompt's chunks it hashed
-    decode_applied: int = 0  # pure-decode steps of a stretch already applied (advance_decode)
+    __slots__ = ("scheduled", "tokens", "prefill_units", "decode_context", "loads", "in_step_loads",
+                 "admitted", "preempted", "lookups", "lookup_keys", "lookup_chunks", "decode_applied")
+
+    def __init__(self, scheduled: list[tuple[Request, int]] | None = None, tokens: int = 0,
+                 prefill_units: float = 0.0, decode_context: int = 0, loads: list[Load] | None = None,
+                 in_step_loads: bool = False, admitted: int = 0, preempted: int = 0, lookups: int = 0,
+                 lookup_keys: int = 0, lookup_chunks: list[int] | None = None, decode_applied: int = 0):
+        self.scheduled: list[tuple[Request, int]] = [] if scheduled is None else scheduled  # (request, tokens) pairs
+        self.tokens = tokens
+        self.prefill_units = prefill_units  # sum of n x (c + n/2) over prefill chunks
+        self.decode_context = decode_context  # KV tokens read by decoding requests
+        self.loads: list[Load] = [] if loads is None else loads  # Load, started now
+        self.in_step_loads = in_step_loads  # sync/layerwise: the loads are part of this step
+        self.admitted = admitted
+        self.preempted = preempted
+        self.lookups = lookups  # tier lookups done while scheduling (metadata RPCs)
+        self.lookup_keys = lookup_keys  # chunk names those lookups asked about
+        self.lookup_chunks: list[int] = [] if lookup_chunks is None else lookup_chunks  # per lookup: the prompt's chunks it hashed
+        self.decode_applied = decode_applied  # pure-decode steps of a stretch already applied (advance_decode)
+
+    def __repr__(self) -> str:
+        return (f"StepPlan({len(self.scheduled)} requests, {self.tokens} tokens, {self.admitted} admitted, "
+                f"{self.preempted} preempted, {len(self.loads)} loads)")
 
     @property
     def pure_decode(self) -> bool:

@@ -28,8 +28,6 @@ The executor implements:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from belusim.policy.connector import ConnectorSemantics
 from belusim.policy.scheduler import Load, Save, Scheduler, StepPlan
 
@@ -44,15 +42,19 @@ class _Idle:
 IDLE = _Idle()
 
 
-@dataclass(slots=True)
 class Execute:
-    plan: StepPlan
-    steps: int = 1  # > 1: a pure-decode stretch of up to this many steps
+    __slots__ = ("plan", "steps")
+
+    def __init__(self, plan: StepPlan, steps: int = 1):  # (not a dataclass: see scheduler.Load)
+        self.plan = plan
+        self.steps = steps  # > 1: a pure-decode stretch of up to this many steps
 
 
-@dataclass(slots=True)
 class WaitSaves:
-    saves: list[Save]
+    __slots__ = ("saves",)
+
+    def __init__(self, saves: list[Save]):
+        self.saves = saves
 
 
 def step_loop(sched: Scheduler, conn: ConnectorSemantics, ex, coalesce_steps: int = 1):

@@ -37,12 +37,16 @@ class Link:
         return f"Link({self.name}, {self.capacity / 1e9:.1f} GB/s)"
 
 
-@dataclass(eq=False, slots=True)
 class Transfer:
     """Flows that one caller waits for together: `done` fires when the last has landed."""
 
-    done: Event
-    left: int = 0  # flows not yet finished
+    # Transfer and Flow are made for every transfer: plain classes, so that the compiled
+    # build compiles their __init__ (a dataclass's runs as interpreted Python).
+    __slots__ = ("done", "left")
+
+    def __init__(self, done: Event, left: int = 0):
+        self.done = done
+        self.left = left  # flows not yet finished
 
 
 @dataclass(eq=False, slots=True)
@@ -60,18 +64,22 @@ class Path:
         return cls(links, uniq, len(uniq) != len(links))
 
 
-@dataclass(eq=False, slots=True)
 class Flow:
-    nbytes: float
-    links: tuple[Link, ...]
-    uniq: tuple[Link, ...]
-    cap: float  # the flow's own rate limit (bytes/s), inf if none
-    transfer: Transfer
-    remaining: float = 0.0
-    rate: float = 0.0
-    started: float = 0.0
-    repeats: bool = False  # crosses some link twice
-    kind: int = 0  # its (links, cap): flows of one kind always get the same rate
+    __slots__ = ("nbytes", "links", "uniq", "cap", "transfer", "remaining", "rate", "started", "repeats", "kind")
+
+    def __init__(self, nbytes: float, links: tuple[Link, ...], uniq: tuple[Link, ...], cap: float,
+                 transfer: Transfer, remaining: float = 0.0, rate: float = 0.0, started: float = 0.0,
+                 repeats: bool = False, kind: int = 0):
+        self.nbytes = nbytes
+        self.links = links
+        self.uniq = uniq
+        self.cap = cap  # the flow's own rate limit (bytes/s), inf if none
+        self.transfer = transfer
+        self.remaining = remaining
+        self.rate = rate
+        self.started = started
+        self.repeats = repeats  # crosses some link twice
+        self.kind = kind  # its (links, cap): flows of one kind always get the same rate
 
 
 class Fabric:
