@@ -15,6 +15,7 @@ from array import array
 from collections.abc import Iterable, Sequence
 import csv
 import math
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -153,14 +154,15 @@ class Records(Sequence):
         for c in self._float_cols:
             vals = by_column[c]
             if set(map(type, vals)) == _FLOAT_ONLY:
-                cols[c].extend(vals)
+                # as bytes: array.extend parses every value with PyArg_Parse, struct does not
+                cols[c].frombytes(struct.pack(f"{len(vals)}d", *vals))
             else:
                 for k, v in enumerate(vals):
                     self._put_float(c, first + k, v)
         for c in self._int_cols:
             vals = by_column[c]
             if set(map(type, vals)) == _INT_ONLY and -(1 << 63) <= min(vals) and max(vals) < (1 << 63):
-                cols[c].extend(vals)
+                cols[c].frombytes(struct.pack(f"{len(vals)}q", *vals))
             else:
                 for k, v in enumerate(vals):
                     self._put_int(c, first + k, v)

@@ -15,6 +15,7 @@ form. An arrival or a finished load cuts the stretch at the end of the step in p
 from __future__ import annotations
 
 import math
+import struct
 from array import array
 from typing import Any
 
@@ -432,13 +433,16 @@ class _StretchClock:
         return min(m, k - 1)
 
     def append_ends(self, ends: array, start: float, n: int) -> None:
-        """Append start + elapsed(m) for m = 1..n to ends: elapsed()'s arithmetic inlined
-        (compiled, a plain loop costs about a tenth of numpy's calls for a stretch of a
-        hundred steps); run as Python source, numpy for long runs (the same operations in
-        the same order on the same types, so the same floats)."""
+        """Append start + elapsed(m) for m = 1..n to ends, elapsed()'s arithmetic inlined:
+        compiled, a plain loop (about 5 us for 100 steps, where numpy's ten calls took
+        about 19 us); run as Python source, numpy for 32 steps and more. Both do the same
+        operations in the same order on the same types, so the floats are the same."""
         a, b, c0, batch = self.a, self.b, self.c0, self.batch
         if n < 32 or _COMPILED:
-            ends.extend([start + (m * a + b * (m * c0 + batch * m * (m - 1) / 2)) for m in range(1, n + 1)])
+            # packed, then appended as bytes: array.extend and fromlist parse every float
+            # with PyArg_Parse (about 500 instructions each), struct reads it directly
+            ts = [start + (m * a + b * (m * c0 + batch * m * (m - 1) / 2)) for m in range(1, n + 1)]
+            ends.frombytes(struct.pack(f"{n}d", *ts))
             return
         m = np.arange(1, n + 1, dtype=np.int64)
         vals = start + (m * a + b * (m * c0 + batch * m * (m - 1) / 2))
