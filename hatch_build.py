@@ -46,6 +46,7 @@ COMPILED = [
     "belusim/compute/roofline.py",
     "belusim/sim/engine.py",
     "belusim/sim/kernel.py",
+    "belusim/sim/cluster.py",
 ]
 GROUP = "belusim_core"  # the name of mypyc's shared runtime library in the wheel
 

@@ -15,3 +15,8 @@ class InputError(ValueError):
 
 class CheckFailed(RuntimeError):
     """An end-of-run check did not hold; the message says which and by how much."""
+
+
+class SimulationError(RuntimeError):
+    """A scenario the simulator cannot run as given (no KV cache left, a phase that does not
+    finish in time, requests none of which fit); raised by the cluster."""

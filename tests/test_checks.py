@@ -3,6 +3,8 @@ completes; a failed check is `belusim: check failed: ...` with exit code 3."""
 
 from __future__ import annotations
 
+from array import array
+
 import pytest
 from belusim.sim.kernel import Environment
 import yaml
@@ -12,8 +14,11 @@ from belusim.cli.main import app
 from belusim.config.scenario import resolve_scenario
 from belusim.errors import CheckFailed
 from belusim.report.metrics import Recorder
+from belusim.policy.request import Request
 from belusim.sim import cluster as cluster_mod
+from belusim.sim import runner as runner_mod
 from belusim.sim.cluster import simulate
+from belusim.workloads import build_workload
 from belusim.transport.fabric import Fabric
 from tests.test_core_cli import TINY
 
@@ -60,43 +65,44 @@ def scenario():
     return sc
 
 
-def test_a_request_recorded_twice_is_caught(scenario, monkeypatch):
-    original = cluster_mod.Cluster._record
-    seen = []
+def _played(scenario, system: str) -> cluster_mod.Cluster:
+    """A cluster that has played the scenario's phases, not yet drained or checked. Faults
+    are put in from outside: the cluster's methods cannot be patched when it is compiled."""
+    cluster = cluster_mod.Cluster(scenario, scenario.system(system), Recorder())
+    for phase in scenario.run.phases:
+        wl = build_workload(phase.workload or scenario.workload, block_size=scenario.engine.block_size,
+                            seed=scenario.run.seed, base_dir=scenario.base_dir, phase=phase.name)
+        cluster.run_phase(phase.name, wl, scenario.run.max_sim_time_s)
+    return cluster
 
-    def twice(self, req, itl=None):
-        original(self, req, itl)
-        if not seen:
-            seen.append(req)
-            original(self, req, itl)
 
-    monkeypatch.setattr(cluster_mod.Cluster, "_record", twice)
+def test_a_request_recorded_twice_is_caught(scenario):
+    cluster = _played(scenario, "hbm-only")
+    cluster.drain()
+    assert cluster.check()["requests_finished"] == 8  # (the checks hold before the fault)
+    stray = Request(99, 64, 4, array("q", [1, 2, 3, 4]), 0.0, "p")  # recorded, never admitted
+    cluster._record(stray)
     with pytest.raises(CheckFailed, match=r"1 requests recorded twice or never admitted .*; 9 request records for 8 requests admitted"):
-        simulate(scenario, scenario.system("hbm-only"), Recorder())
+        cluster.check()
 
 
-def test_a_save_that_never_completes_is_reported(scenario, monkeypatch):
-    # A save counted as in flight that nothing will ever land (the KV path's classes may be
-    # compiled, so the fault is put in the cluster's own bookkeeping before it drains).
-    original = cluster_mod.Cluster.drain
-
-    def lost_save(self):
-        self.instances[0].pending_saves += 1
-        original(self)
-
-    monkeypatch.setattr(cluster_mod.Cluster, "drain", lost_save)
+def test_a_save_that_never_completes_is_reported(scenario):
+    # A save counted as in flight that nothing will ever land, put in the cluster's own
+    # bookkeeping before it drains.
+    cluster = _played(scenario, "cxl-pool")
+    cluster.instances[0].pending_saves += 1
     with pytest.raises(CheckFailed, match=r"saves that never complete: .* saves are still pending"):
-        simulate(scenario, scenario.system("cxl-pool"), Recorder())
+        cluster.drain()
 
 
 def test_check_failure_exits_3_without_traceback(tmp_path, monkeypatch):
     p = tmp_path / "tiny.yaml"
     p.write_text(yaml.safe_dump(TINY, sort_keys=False))
 
-    def broken(self):
+    def broken(*args, **kwargs):
         raise CheckFailed("system 'x': 3 KV blocks leaked")
 
-    monkeypatch.setattr(cluster_mod.Cluster, "check", broken)
+    monkeypatch.setattr(runner_mod, "simulate", broken)
     r = CliRunner().invoke(app, ["run", str(p), "-q"])
     assert r.exit_code == 3
     assert r.stderr.strip() == "belusim: check failed: system 'x': 3 KV blocks leaked"

@@ -129,7 +129,9 @@ def test_coalesced_decode_is_exact_when_routing_reads_a_stretching_instance(rout
 
     monkeypatch.setattr(Router, "least_loaded", checked)
     _assert_same_times({"kind": "hbm-only"}, blocks=BLOCKS_ROUTED, gpus=4, router=router)
-    if router == "least-loaded":
+    # (a compiled cluster calls the compiled router directly, past the patch: the floors are
+    # checked where the cluster runs as Python, as in CI; the times are checked either way)
+    if router == "least-loaded" and "belusim.sim.cluster" not in compiled_modules():
         assert any(floors_checked)  # some arrivals found an instance mid-stretch
 
 
@@ -464,14 +466,13 @@ def _rows_and_gaps(monkeypatch, every: int, minimum: int, kv: dict, blocks: int,
         sc = resolve_scenario(sc.model_dump(mode="json"), [f"cluster.prefill_instances_per_server={prefill}"])[0]
     rec = Recorder()
     cluster = Cluster(sc, sc.systems[0], rec)
-    dropped = []
-    trim = cluster.trim_step_ends
-    monkeypatch.setattr(cluster, "trim_step_ends", lambda: dropped.append(trim()) or dropped[-1])
     for p in range(2):
         cluster.run_phase(f"p{p}", _open_workload(n=40), 1e6)
     cluster.drain()
     gaps = {k: v.tobytes() for k, v in rec._itl.items()}
-    return list(rec.rows), gaps, sum(dropped), sum(i.steps for i in cluster.instances)
+    # every step appends one end: the ends missing are the ones trimming dropped
+    steps = sum(i.steps for i in cluster.instances)
+    return list(rec.rows), gaps, steps - sum(len(i.step_ends) for i in cluster.instances), steps
 
 
 @pytest.mark.parametrize("kv,blocks,gpus,prefill", [

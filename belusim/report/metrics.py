@@ -75,7 +75,7 @@ def _nan_if_none(x):
     return math.nan if x is None else x
 
 
-def itl_samples(step_ends: list[float], req: Request) -> np.ndarray | None:
+def itl_samples(step_ends: Sequence[float], req: Request) -> np.ndarray | None:
     """The gaps between a finished request's tokens, from the ends of its instance's engine
     steps. A running request gets a token every step (vLLM V1 schedules every running request
     each step), so its last num_output - 1 tokens came at the last steps up to its finish.

@@ -19,7 +19,7 @@ import numpy as np
 
 from belusim.compute.roofline import ComputeModel
 from belusim.config.scenario import GB, Scenario, SystemConfig
-from belusim.errors import CheckFailed
+from belusim.errors import CheckFailed, SimulationError
 from belusim.sim.engine import Instance
 from belusim.sim.kernel import EmptySchedule, Environment, Event
 from belusim.transport.kvpath import KVPaths
@@ -32,10 +32,6 @@ from belusim.policy.scheduler import Scheduler
 from belusim.policy.tier import TierIndex
 from belusim.workloads import build_workload
 from belusim.workloads.spec import Workload
-
-
-class SimulationError(RuntimeError):
-    pass
 
 
 # An instance's step end times are what its finished requests' inter-token gaps are read
@@ -137,7 +133,7 @@ class Cluster:
         tp = scenario.cluster.tensor_parallel
         for i, place in enumerate(self.paths.instance_places):
             role = "mixed"
-            if self.disaggregated:
+            if n_prefill is not None:  # disaggregated
                 role = "prefill" if place.gpu // tp < n_prefill else "decode"
             sched = Scheduler(
                 BlockPool(self.kv_blocks, eng.enable_prefix_caching),
