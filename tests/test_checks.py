@@ -65,10 +65,10 @@ def scenario():
     return sc
 
 
-def _played(scenario, system: str) -> cluster_mod.Cluster:
+def _played(scenario, system: str, recorder: Recorder | None = None) -> cluster_mod.Cluster:
     """A cluster that has played the scenario's phases, not yet drained or checked. Faults
     are put in from outside: the cluster's methods cannot be patched when it is compiled."""
-    cluster = cluster_mod.Cluster(scenario, scenario.system(system), Recorder())
+    cluster = cluster_mod.Cluster(scenario, scenario.system(system), recorder or Recorder())
     for phase in scenario.run.phases:
         wl = build_workload(phase.workload or scenario.workload, block_size=scenario.engine.block_size,
                             seed=scenario.run.seed, base_dir=scenario.base_dir, phase=phase.name)
@@ -76,13 +76,33 @@ def _played(scenario, system: str) -> cluster_mod.Cluster:
     return cluster
 
 
+class _KeepingRecorder(Recorder):
+    """A recorder that also keeps the requests it was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.requests = []
+
+    def record(self, system, req, itl=None):
+        self.requests.append(req)
+        super().record(system, req, itl)
+
+
 def test_a_request_recorded_twice_is_caught(scenario):
-    cluster = _played(scenario, "hbm-only")
+    rec = _KeepingRecorder()
+    cluster = _played(scenario, "hbm-only", rec)
     cluster.drain()
     assert cluster.check()["requests_finished"] == 8  # (the checks hold before the fault)
-    stray = Request(99, 64, 4, array("q", [1, 2, 3, 4]), 0.0, "p")  # recorded, never admitted
-    cluster._record(stray)
+    cluster._record(rec.requests[0])  # the first finished request, recorded a second time
     with pytest.raises(CheckFailed, match=r"1 requests recorded twice or never admitted .*; 9 request records for 8 requests admitted"):
+        cluster.check()
+
+
+def test_a_request_recorded_but_never_admitted_is_caught(scenario):
+    cluster = _played(scenario, "hbm-only")
+    cluster.drain()
+    cluster._record(Request(99, 64, 4, array("q", [1, 2, 3, 4]), 0.0, "p"))  # never submitted
+    with pytest.raises(CheckFailed, match=r"1 requests recorded twice or never admitted \(e\.g\. p/99\)"):
         cluster.check()
 
 
