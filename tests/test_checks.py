@@ -87,6 +87,10 @@ class _KeepingRecorder(Recorder):
         self.requests.append(req)
         super().record(system, req, itl)
 
+    def record_ends(self, system, req, ends):
+        self.requests.append(req)
+        super().record_ends(system, req, ends)
+
 
 def test_a_request_recorded_twice_is_caught(scenario):
     rec = _KeepingRecorder()

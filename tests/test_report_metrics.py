@@ -45,6 +45,43 @@ def test_itl_from_step_ends():
     assert itl_samples(steps, _req(3, 0.0, 1.0, 2.0, 4, preemptions=1)) == pytest.approx([0.2, 0.3, 0.5])
 
 
+def test_records_from_step_ends_equal_records_from_gaps(tmp_path):
+    """record_ends (the gaps' statistics a batch at a time) gives the rows, the CSV, the
+    kept gaps and the folds into a histogram that record() with itl_samples() gives, bit
+    for bit: requests with known gaps, preempted ones (gaps unknown), rejected ones, over
+    several batches and two phases, past a small exact-gap budget."""
+    import belusim.report.metrics as M
+
+    rng = np.random.default_rng(7)
+    ends = np.cumsum(rng.random(30000) * 0.05).tolist()
+    reqs = []
+    for i in range(700):
+        n = int(rng.integers(1, 60))
+        hi = int(rng.integers(n + 1, len(ends)))
+        r = _req(i, ends[hi - n - 1] - 1.0, ends[hi - n] - 0.01, ends[hi - 1], n,
+                 preemptions=int(rng.integers(0, 3) == 0) * 2)
+        r.phase = "a" if i < 400 else "b"
+        if i % 97 == 5:
+            r.state = State.REJECTED
+        reqs.append(r)
+    by_gaps = Recorder(tmp_path / "gaps.csv", itl_exact_gaps=5000)
+    by_ends = Recorder(tmp_path / "ends.csv", itl_exact_gaps=5000)
+    for r in reqs:
+        finished = r.state is State.FINISHED
+        by_gaps.record("s", r, itl_samples(ends, r) if finished else None)
+        by_ends.record_ends("s", r, M.itl_ends(ends, r) if finished else None)
+    assert any(M.itl_ends(ends, r) is None for r in reqs if r.state is State.FINISHED and r.num_output > 1)
+    assert repr(list(by_ends.rows)) == repr(list(by_gaps.rows))  # (repr: NaN == NaN)
+    assert set(by_gaps._itl_hist) == set(by_ends._itl_hist) == {("s", "a"), ("s", "b")}  # both folded
+    for key in by_gaps._itl:
+        assert by_gaps._itl[key].tobytes() == by_ends._itl[key].tobytes()
+        hg, he = by_gaps._itl_hist[key], by_ends._itl_hist[key]
+        assert (hg.n, hg.mean, hg.std, hg.percentile(99)) == (he.n, he.mean, he.std, he.percentile(99))
+    by_gaps.close()
+    by_ends.close()
+    assert (tmp_path / "ends.csv").read_text() == (tmp_path / "gaps.csv").read_text()
+
+
 def test_itl_and_goodput_in_summary():
     rec = Recorder()
     rec.record("s", _req(0, 0.0, 1.0, 2.0, 4), np.array([0.2, 0.3, 0.5]))

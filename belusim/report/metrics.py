@@ -75,12 +75,13 @@ def _nan_if_none(x):
     return math.nan if x is None else x
 
 
-def itl_samples(step_ends: Sequence[float], req: Request) -> np.ndarray | None:
-    """The gaps between a finished request's tokens, from the ends of its instance's engine
-    steps. A running request gets a token every step (vLLM V1 schedules every running request
-    each step), so its last num_output - 1 tokens came at the last steps up to its finish.
-    Preempted after its first token, it sat out steps unknown here: None unless the step count
-    between first token and finish still matches."""
+def itl_ends(step_ends: Sequence[float], req: Request) -> Sequence[float] | None:
+    """The ends of the engine steps that gave a finished request its tokens after the first
+    (a copy: the instance's list of ends is trimmed as the run goes). A running request gets
+    a token every step (vLLM V1 schedules every running request each step), so its last
+    num_output - 1 tokens came at the last steps up to its finish. Preempted after its first
+    token, it sat out steps unknown here: None unless the step count between first token and
+    finish still matches."""
     n = req.num_output - 1
     if n < 1 or not step_ends:
         return None
@@ -90,11 +91,19 @@ def itl_samples(step_ends: Sequence[float], req: Request) -> np.ndarray | None:
             return None
     elif req.preemptions or hi < n:
         return None
-    ends = step_ends[hi - n:hi]
-    if ends[0] <= req.first_token:
+    if step_ends[hi - n] <= req.first_token:
+        return None
+    return step_ends[hi - n:hi]
+
+
+def itl_samples(step_ends: Sequence[float], req: Request) -> np.ndarray | None:
+    """The gaps between a finished request's tokens (see itl_ends): the first from its first
+    token, the others between consecutive step ends."""
+    ends = itl_ends(step_ends, req)
+    if ends is None:
         return None
     ends = np.frombuffer(ends, dtype=np.float64) if isinstance(ends, array) else np.asarray(ends, dtype=np.float64)
-    gaps = np.empty(n)
+    gaps = np.empty(len(ends))
     gaps[0] = ends[0] - req.first_token
     np.subtract(ends[1:], ends[:-1], out=gaps[1:])
     return gaps
@@ -103,7 +112,6 @@ def itl_samples(step_ends: Sequence[float], req: Request) -> np.ndarray | None:
 # How each record column is kept (see Records): text as codes into a table of its values,
 # counts as int64, times and durations as float64.
 _TEXT_FIELDS = ("system", "phase", "status", "reason")
-_STATUS = {State.FINISHED: State.FINISHED.value, State.REJECTED: State.REJECTED.value}  # else "unfinished"
 _RECORD_BATCH = 256  # rows appended before they go into the columns
 _FLOAT_ONLY, _INT_ONLY = {float}, {int}
 _INT_FIELDS = ("req_id", "instance", "prompt_tokens", "output_tokens", "hbm_hit_tokens", "tier_hit_tokens",
@@ -268,6 +276,29 @@ _FOLD_BATCH = 1 << 20  # once folding, gaps go into the histogram this many at a
 ITL_HISTOGRAM_REL = 1e-3
 
 
+_FINISHED, _REJECTED = State.FINISHED, State.REJECTED
+_FINISHED_S, _REJECTED_S = _FINISHED.value, _REJECTED.value  # (an Enum's .value is a Python call)
+
+
+def _fields(system: str, req: Request) -> tuple[str, float, float, tuple, tuple]:
+    """(status, TTFT, TPOT, the record's fields before its ITL statistics, those after)."""
+    state = req.state
+    status = _FINISHED_S if state is _FINISHED else (_REJECTED_S if state is _REJECTED else "unfinished")
+    first, finish = req.first_token, req.finish
+    ttft = first - req.arrival
+    tpot = (finish - first) / (req.num_output - 1) if req.num_output > 1 else math.nan
+    head = (
+        system, req.phase, req.req_id, req.instance, status, req.reject_reason, req.prompt_tokens,
+        req.output_tokens, req.hbm_hit_tokens, req.tier_hit_tokens, req.preemptions, req.arrival,
+        req.admitted, req.load_start, req.load_end, first, finish, ttft, tpot,
+        finish - req.arrival, req.load_end - req.load_start, req.admitted - req.arrival,
+    )
+    return status, ttft, tpot, head, tuple(req.ttft_parts) if ttft == ttft else _NAN_PARTS
+
+
+_NAN_PARTS = (math.nan,) * len(TTFT_PARTS)
+
+
 class Recorder:
     """Collects finished (or rejected) requests; streams them to CSV when given a path. Keeps
     every inter-token gap per (system, phase) for the ITL statistics, up to itl_exact_gaps of
@@ -275,12 +306,19 @@ class Recorder:
     ITL_HISTOGRAM_REL, the summary's itl_rel_error)."""
 
     def __init__(self, csv_path: Path | None = None, itl_exact_gaps: int = ITL_EXACT_GAPS):
-        self.rows = Records()
+        self._rows = Records()
         self.itl_exact_gaps = itl_exact_gaps
         # every gap, per (system, phase), in one flat array (not an array per request) ...
         self._itl: dict[tuple[str, str], array] = {}
         # ... or, past itl_exact_gaps, a histogram of them (the array then holds the next batch)
         self._itl_hist: dict[tuple[str, str], GapHistogram] = {}
+        # Records given their tokens' step ends (record_ends) wait here, the ends of them all
+        # in one array, until _RECORD_BATCH of them are computed together: numpy costs a few
+        # microseconds a call, which per request was most of a request's recording
+        self._waiting: list[tuple] = []
+        self._waiting_ends = array("d")
+        self._waiting_at: list[int] = []  # where each waiting record's ends start in them
+        self._waiting_first: list[float] = []  # and its first token's time
         self._fh = None
         self._writer = None
         if csv_path is not None:
@@ -289,10 +327,17 @@ class Recorder:
             self._writer = csv.writer(self._fh)
             self._writer.writerow(RECORD_FIELDS)
 
+    @property
+    def rows(self) -> Records:
+        """Every record so far, in record order."""
+        self.flush()
+        return self._rows
+
     def record(self, system: str, req: Request, itl: np.ndarray | None = None) -> None:
-        status = _STATUS.get(req.state, "unfinished")
-        ttft = req.first_token - req.arrival
-        tpot = (req.finish - req.first_token) / (req.num_output - 1) if req.num_output > 1 else math.nan
+        """Record a request that finished (or was rejected, or never finished); itl: the gaps
+        between its tokens, if known (itl_samples)."""
+        self.flush()
+        status, ttft, tpot, head, tail = _fields(system, req)
         if itl is None and status == "finished" and req.num_output > 1:
             # Gaps unknown (preempted after its first token): each counts as the mean gap.
             itl = np.full(req.num_output - 1, tpot)
@@ -303,17 +348,63 @@ class Recorder:
             itl_max = float(np.maximum.reduce(itl))
         else:
             itl_mean = itl_max = math.nan
-        row = (
-            system, req.phase, req.req_id, req.instance, status, req.reject_reason, req.prompt_tokens,
-            req.output_tokens, req.hbm_hit_tokens, req.tier_hit_tokens, req.preemptions, req.arrival,
-            req.admitted, req.load_start, req.load_end, req.first_token, req.finish, ttft, tpot,
-            req.finish - req.arrival, req.load_end - req.load_start, req.admitted - req.arrival,
-            itl_mean, itl_max,
-            *(req.ttft_parts if ttft == ttft else [math.nan] * len(TTFT_PARTS)),
-        )
-        self.rows.append(row)
-        if itl is not None and status == "finished":
-            key = (system, req.phase)
+        self._add(head + (itl_mean, itl_max) + tail, itl if status == "finished" else None, (system, req.phase))
+
+    def record_ends(self, system: str, req: Request, ends: Sequence[float] | None) -> None:
+        """record() for a request whose tokens after the first came at these step ends
+        (itl_ends; None if unknown): the same record, its gap statistics computed with the
+        next batch's."""
+        status, ttft, tpot, head, tail = _fields(system, req)
+        if ends is not None and len(ends):
+            self._waiting_at.append(len(self._waiting_ends))
+            self._waiting_first.append(req.first_token)
+            self._waiting_ends.extend(ends)
+            n = len(ends)
+        else:
+            n = 0
+        self._waiting.append((head, tail, status, n, tpot, req.num_output, (system, req.phase)))
+        if len(self._waiting) >= _RECORD_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Add the records waiting for their gap statistics, in record order. The gaps and
+        their maxima are computed for the batch at once; each mean is its own np.add.reduce
+        (a pairwise sum, whose rounding depends on where it starts: the same as record()'s)."""
+        waiting = self._waiting
+        if not waiting:
+            return
+        self._waiting = []
+        ends = np.frombuffer(self._waiting_ends, dtype=np.float64)
+        self._waiting_ends = array("d")
+        gaps = np.empty(len(ends))
+        maxes: list[float] = []
+        if len(ends):
+            at = np.array(self._waiting_at, dtype=np.intp)
+            np.subtract(ends[1:], ends[:-1], out=gaps[1:])
+            gaps[at] = ends[at] - np.array(self._waiting_first, dtype=np.float64)
+            maxes = np.maximum.reduceat(gaps, at).tolist()  # a maximum is exact in any order
+        del ends
+        self._waiting_at, self._waiting_first = [], []
+        add, nan = np.add.reduce, math.nan
+        pos = k = 0
+        for head, tail, status, n, tpot, num_output, key in waiting:
+            itl = None
+            if n:
+                itl = gaps[pos:pos + n]
+                itl_mean, itl_max = float(add(itl)) / n, maxes[k]
+                pos += n
+                k += 1
+            elif status == "finished" and num_output > 1:
+                itl = np.full(num_output - 1, tpot)  # as record(): gaps unknown
+                itl_mean, itl_max = float(add(itl)) / itl.size, float(np.maximum.reduce(itl))
+            else:
+                itl_mean = itl_max = nan
+            self._add(head + (itl_mean, itl_max) + tail, itl if status == "finished" else None, key)
+
+    def _add(self, row: tuple, itl: np.ndarray | None, key: tuple[str, str]) -> None:
+        """A record's row, and its gaps (if it finished) among its phase's."""
+        self._rows.append(row)
+        if itl is not None:
             gaps = self._itl.get(key)
             if gaps is None:
                 gaps = self._itl[key] = array("d")
@@ -339,12 +430,14 @@ class Recorder:
     def itl(self) -> dict[tuple[str, str], list[np.ndarray] | GapHistogram]:
         """The inter-token gaps of finished requests per (system, phase), in record order (or,
         for a phase with more than itl_exact_gaps of them, their histogram)."""
+        self.flush()
         return {k: self._fold(k) if k in self._itl_hist else [np.array(v, dtype=np.float64)]
                 for k, v in self._itl.items()}
 
     def gaps_view(self, system: str, phase: str) -> list[np.ndarray] | GapHistogram | None:
         """`itl[(system, phase)]` without copying the gaps (a million requests have millions):
         a view of the recorder's own array, to be dropped before the next record."""
+        self.flush()
         key = (system, phase)
         if key in self._itl_hist:
             return self._fold(key)
@@ -352,6 +445,7 @@ class Recorder:
         return None if gaps is None else [np.frombuffer(gaps, dtype=np.float64)]
 
     def close(self) -> None:
+        self.flush()
         if self._fh is not None:
             self._fh.close()
             self._fh = None

@@ -23,7 +23,7 @@ from belusim.errors import CheckFailed, SimulationError
 from belusim.sim.engine import Instance
 from belusim.sim.kernel import EmptySchedule, Environment, Event
 from belusim.transport.kvpath import KVPaths
-from belusim.report.metrics import Recorder, itl_samples, summarize
+from belusim.report.metrics import Recorder, itl_ends, summarize
 from belusim.policy.blocks import BlockPool
 from belusim.policy.connector import ConnectorSemantics
 from belusim.policy.request import Request, State
@@ -35,7 +35,7 @@ from belusim.workloads.spec import Workload
 
 
 # An instance's step end times are what its finished requests' inter-token gaps are read
-# from (report.metrics.itl_samples). Every _TRIM_EVERY records, the ends that no request
+# from (report.metrics.itl_ends). Every _TRIM_EVERY records, the ends that no request
 # still in flight can read (those at or before every live first token) are dropped, so a
 # long run keeps them for its requests in flight, not 8 bytes per engine step forever.
 _TRIM_EVERY = 1024
@@ -192,9 +192,9 @@ class Cluster:
         if req.state is State.FINISHED:
             self.completed += 1
         self.end_time = max(self.end_time, self.env.now)
-        itl = (itl_samples(self.instances[req.instance].step_ends, req)
-               if req.state is State.FINISHED else None)
-        self._record(req, itl)
+        ends = (itl_ends(self.instances[req.instance].step_ends, req)
+                if req.state is State.FINISHED else None)
+        self._record(req, ends)
         if self.records % _TRIM_EVERY == 0:
             self.trim_step_ends()
         cb = req.on_finish
@@ -207,7 +207,7 @@ class Cluster:
     def trim_step_ends(self) -> int:
         """Drop the step ends at or before the earliest first token of any request in flight
         (and now): a request's gaps come from ends after its first token, and one that has
-        none yet gets it later than now. A live request's index arithmetic in itl_samples
+        none yet gets it later than now. A live request's index arithmetic in itl_ends
         only counts ends after its first token, so its gaps come out the same. Returns how
         many ends were dropped."""
         cutoff = self.env.now
@@ -225,13 +225,14 @@ class Cluster:
                     dropped += k
         return dropped
 
-    def _record(self, req: Request, itl=None) -> None:
+    def _record(self, req: Request, ends=None) -> None:
+        """Record it; ends: the step ends of its tokens after the first (itl_ends), if known."""
         if id(req) in self._unrecorded:
             self._unrecorded.discard(id(req))
         else:
             self.recorded_twice.append(f"{req.phase}/{req.req_id}")
         self.records += 1
-        self.recorder.record(self.system.name, req, itl)
+        self.recorder.record_ends(self.system.name, req, ends)
 
     def _hand_off(self, req: Request) -> None:
         tier = self.instances[req.instance].sched.tier
