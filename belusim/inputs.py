@@ -103,6 +103,11 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not valid JSON; write null or a number")
 
 
+# json.loads(text, parse_constant=...) is JSONDecoder(parse_constant=...).decode(text): one
+# decoder made once (a trace's lines made one each)
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+
+
 def parse_json(text: str, where: str | Path, *, line: int | None = None,
                error: type[InputError] = InputError) -> Any:
     """One JSON document (a whole file or one JSONL line)."""
@@ -110,7 +115,7 @@ def parse_json(text: str, where: str | Path, *, line: int | None = None,
     # a document cannot nest deeper than its count of brackets: skip the walk when few
     shallow = text.count("[") + text.count("{") <= MAX_DEPTH
     try:
-        data = json.loads(text, parse_constant=_no_constant)
+        data = _DECODER.decode(text)
     except json.JSONDecodeError as e:
         ln = e.lineno if line is None else line + e.lineno - 1
         raise error(f"{_where(where, ln)}: invalid JSON: {e.msg} at column {e.colno}") from None

@@ -30,6 +30,27 @@ def test_chain_keys_match_sequential_definition():
     assert (got >= 0).all()
 
 
+def test_chain_keys_from_kept_tables_match_the_definition(monkeypatch):
+    """Kept power and position tables (grown as calls need, one per namespace, longer ones
+    not kept) give every call what fresh ones would, in any order of lengths and namespaces;
+    overwrite=True gives the same keys and only clobbers premixed input."""
+    monkeypatch.setattr(K, "_TABLES", K._Tables())
+    monkeypatch.setattr(K, "_TABLE_MAX", 3000)  # some calls past it
+    rng = np.random.default_rng(4)
+    for n_rows, longest, ns in [(3, 30, 5), (40, 200, 7), (2, 2500, 5), (1, 5000, 7), (4, 10, 7), (30, 120, 5)]:
+        rows = [rng.integers(0, 2**63, size=int(rng.integers(1, longest))).astype(np.uint64) for _ in range(n_rows)]
+        off = row_offsets_from_lengths(np.array([len(r) for r in rows]))
+        want = np.array([k for r in rows for k in _naive_row(r, ns)], dtype=np.int64)
+        flat = np.concatenate(rows)
+        assert np.array_equal(chain_keys(flat, off, ns), want)
+        mixed = fmix64(flat)
+        kept = mixed.copy()
+        assert np.array_equal(chain_keys(mixed, off, ns, premixed=True), want)
+        assert np.array_equal(mixed, kept)  # not overwritten unless asked
+        assert np.array_equal(chain_keys(mixed, off, ns, premixed=True, overwrite=True), want)
+    assert len(K._TABLES.inv) <= 3000 and all(len(t) <= 3000 for t in K._TABLES.positions.values())
+
+
 def test_chain_keys_prefix_semantics():
     a = np.array([1, 2, 3, 4], dtype=np.uint64)
     b = np.array([1, 2, 9, 4], dtype=np.uint64)

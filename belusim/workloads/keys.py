@@ -91,17 +91,61 @@ def hash_token_blocks(tokens: np.ndarray, block_size: int) -> np.ndarray:
 
 def _position_table(n: int, namespace: int) -> np.ndarray:
     """Per-position mixing terms, so equal chains at different depths or namespaces differ."""
-    return fmix64(np.arange(n, dtype=U64) * U64(_K1) + U64(namespace & _M64), inplace=True)
+    return fmix64(np.arange(n, dtype=np.int64).view(U64) * U64(_K1) + U64(namespace & _M64), inplace=True)
+
+
+class _Tables:
+    """Tables that chain_keys needs for every call, kept and grown as calls need longer
+    ones: entry i of each is the same whatever the table's length (powers of B and B^-1
+    by position, the position terms per namespace), so a prefix of a kept table is what a
+    fresh one would hold. Workloads hash in windows of requests, which made them anew for
+    every window."""
+
+    def __init__(self) -> None:
+        self.inv = np.ones(0, dtype=U64)  # B^-i
+        self.pow = np.ones(0, dtype=U64)  # B^i
+        self.positions: dict[int, np.ndarray] = {}  # namespace -> position terms
+
+    def powers(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if len(self.inv) < n:
+            m = max(n, min(2 * len(self.inv), _TABLE_MAX), 1024)
+            inv = np.full(m, _B_INV, dtype=U64)
+            inv[0] = 1
+            np.cumprod(inv, out=inv)
+            pw = np.full(m, _B, dtype=U64)
+            pw[0] = 1
+            np.cumprod(pw, out=pw)
+            if m > _TABLE_MAX:
+                return inv, pw  # used once: a long table is not kept
+            self.inv, self.pow = inv, pw
+        return self.inv[:n], self.pow[:n]
+
+    def position(self, n: int, namespace: int) -> np.ndarray:
+        table = self.positions.get(namespace)
+        if table is None or len(table) < n:
+            table = _position_table(max(n, 1024), namespace)
+            if len(table) > _TABLE_MAX:
+                return table
+            if len(self.positions) >= 64:
+                self.positions.clear()
+            self.positions[namespace] = table
+        return table
+
+
+_TABLE_MAX = 1 << 20  # entries (8 MiB): longer tables are made for their call only
+_TABLES = _Tables()
 
 
 def chain_keys(
-    contents: np.ndarray, row_offsets: np.ndarray, namespace: int, *, premixed: bool = False
+    contents: np.ndarray, row_offsets: np.ndarray, namespace: int, *, premixed: bool = False,
+    overwrite: bool = False,
 ) -> np.ndarray:
     """Chained prefix keys for ragged rows of unit contents.
 
     contents: uint64, all rows back to back; row_offsets: int64 of len rows+1. Returns int64
     keys in [0, 2**63), one per unit; a row's first unit starts a fresh chain. Pass
-    premixed=True when contents already come out of fmix64/combine (saves one pass).
+    premixed=True when contents already come out of fmix64/combine (saves one pass);
+    overwrite=True lets it work in a premixed uint64 `contents` (which it then clobbers).
     """
     n = len(contents)
     if n == 0:
@@ -110,11 +154,9 @@ def chain_keys(
     lengths = np.diff(row_offsets)
     starts = row_offsets[:-1]
     c = np.asarray(contents, dtype=U64) if premixed else fmix64(contents)
+    inv, pw = _TABLES.powers(n)
     # Powers of B^-1 per global position (uint64 arithmetic wraps mod 2**64).
-    pw = np.full(n, _B_INV, dtype=U64)
-    pw[0] = 1
-    np.cumprod(pw, out=pw)
-    s = np.multiply(c, pw)
+    s = np.multiply(c, inv, out=c if overwrite and premixed and c is contents else None)
     del c
     np.cumsum(s, out=s)
     # Subtract the running sum before each row's start so each row restarts its chain.
@@ -123,16 +165,12 @@ def chain_keys(
     before[nz] = s[starts[nz] - 1]
     s -= np.repeat(before, lengths)
     # Times B**i: s[i] = sum_{k=start..i} c_k * B**(i-k) == P_i.
-    pw.fill(_B)
-    pw[0] = 1
-    np.cumprod(pw, out=pw)
     s *= pw
-    del pw
     local = np.arange(n, dtype=np.int64)
     local -= np.repeat(starts, lengths)
     maxlen = int(lengths.max())
     s *= _UC1
-    s ^= _position_table(maxlen, namespace)[local]
+    s ^= _TABLES.position(maxlen, namespace)[local]
     del local
     fmix64(s, inplace=True)
     s >>= U64(1)

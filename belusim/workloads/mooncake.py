@@ -24,6 +24,7 @@ from .keys import U64, chain_keys, combine, fmix64, hash_str, row_offsets_from_l
 
 MOONCAKE_BLOCK = 512
 _FIELDS = ("timestamp", "input_length", "output_length", "hash_ids")
+_INT_ONLY = {int}  # the types of a line's ids, checked at C speed (bool is not an id)
 
 
 @dataclass
@@ -73,9 +74,9 @@ def iter_mooncake(path: str | Path) -> Iterator[MooncakeRecord]:
         ids = d["hash_ids"]
         if not isinstance(ids, list):
             raise WorkloadError.at(path, f"expected a list of integers, got {type(ids).__name__}", line=ln, field="hash_ids")
-        for x in ids:
-            if type(x) is not int or x < 0 or x >= 1 << 63:
-                raise WorkloadError.at(path, f"expected non-negative 63-bit integers, got {x!r}", line=ln, field="hash_ids")
+        if ids and not (set(map(type, ids)) == _INT_ONLY and min(ids) >= 0 and max(ids) < 1 << 63):
+            bad = next(x for x in ids if type(x) is not int or x < 0 or x >= 1 << 63)
+            raise WorkloadError.at(path, f"expected non-negative 63-bit integers, got {bad!r}", line=ln, field="hash_ids")
         want = -(-il // MOONCAKE_BLOCK)
         if len(ids) != want:
             raise WorkloadError.at(
@@ -115,8 +116,21 @@ def read_mooncake(
     Stops reading as soon as the window or max_requests is passed (timestamps are sorted).
     """
     path = Path(path)
-    idx, ts, il, ol, nh = array("q"), array("d"), array("q"), array("q"), array("q")
-    flat = array("q")
+    # Columns as arrays (8 bytes a number, for traces of millions of requests), filled from
+    # lists a batch at a time: array.append and extend parse every number on its own (about
+    # 400 instructions each, more than the JSON parse); numpy converts a list in one call.
+    cols = [array("q"), array("d"), array("q"), array("q"), array("q"), array("q")]  # + flat ids
+    types = (np.int64, np.float64, np.int64, np.int64, np.int64, np.int64)
+    batch: list[list] = [[] for _ in cols]
+    idx_b, ts_b, il_b, ol_b, nh_b, flat_b = batch
+    count = 0
+
+    def spill() -> None:
+        for col, vals, t in zip(cols, batch, types):
+            if vals:
+                col.frombytes(np.array(vals, dtype=t).tobytes())
+                vals.clear()
+
     seen_any = False
     start_ms = start_s * 1000.0
     end_ms = math.inf if duration_s is None else (start_s + duration_s) * 1000.0
@@ -124,14 +138,19 @@ def read_mooncake(
         seen_any = True
         if r.timestamp_ms < start_ms:
             continue
-        if r.timestamp_ms >= end_ms or (max_requests is not None and len(idx) >= max_requests):
+        if r.timestamp_ms >= end_ms or (max_requests is not None and count >= max_requests):
             break
-        idx.append(r.index)
-        ts.append(r.timestamp_ms)
-        il.append(r.input_length)
-        ol.append(r.output_length)
-        nh.append(len(r.hash_ids))
-        flat.extend(r.hash_ids)
+        count += 1
+        idx_b.append(r.index)
+        ts_b.append(r.timestamp_ms)
+        il_b.append(r.input_length)
+        ol_b.append(r.output_length)
+        nh_b.append(len(r.hash_ids))
+        flat_b.extend(r.hash_ids)
+        if len(flat_b) >= 1 << 16:
+            spill()
+    spill()
+    idx, ts, il, ol, nh, flat = cols
     if not seen_any:
         raise WorkloadError.at(path, "empty trace: no requests")
     if len(idx) == 0:
@@ -209,13 +228,13 @@ def engine_block_keys(
         m = int(bu.sum())
         if m:
             boff = row_offsets_from_lengths(bu)
-            sub = np.arange(m, dtype=U64)
+            sub = np.arange(m, dtype=np.int64).view(U64)  # (an int64 arange is 3x faster)
             sub -= np.repeat(boff[:-1].astype(U64), bu)
             sub *= U64(0x9E3779B97F4A7C15)
             sub += np.repeat(base[b0:b1], bu)
             contents = fmix64(sub, inplace=True)
             uoff = row_offsets_from_lengths(units_per_req[i0:i1])
-            ukeys = chain_keys(contents, uoff, ns, premixed=True)
+            ukeys = chain_keys(contents, uoff, ns, premixed=True, overwrite=True)
             # Key of an engine block = chain key at its last unit.
             if per_blk == 1:
                 keys[key_off[i0] : key_off[i1]] = ukeys
