@@ -82,6 +82,21 @@ def test_records_from_step_ends_equal_records_from_gaps(tmp_path):
     assert (tmp_path / "ends.csv").read_text() == (tmp_path / "gaps.csv").read_text()
 
 
+def test_median_and_percentiles_from_one_partition_are_numpys():
+    """The summary's median, p90 and p99 come from one partition; they are np.median's and
+    np.percentile's to the bit, with ties, small sizes and a NaN."""
+    from belusim.report.metrics import _median_p90_p99
+
+    rng = np.random.default_rng(5)
+    for n in [*range(1, 120), 1000, 4097]:
+        for x in (rng.random(n), rng.integers(0, 4, n).astype(float), rng.lognormal(0, 2, n)):
+            want = (float(np.median(x)), *np.percentile(x, [90, 99]).tolist())
+            assert _median_p90_p99(x.copy()) == want, n
+    x = rng.random(40)
+    x[7] = np.nan
+    assert all(v != v for v in _median_p90_p99(x))
+
+
 def test_itl_and_goodput_in_summary():
     rec = Recorder()
     rec.record("s", _req(0, 0.0, 1.0, 2.0, 4), np.array([0.2, 0.3, 0.5]))

@@ -475,10 +475,44 @@ def _ms_stats(x: np.ndarray, name: str) -> dict:
     if not x.size:
         return {f"{s}_{name}_ms": math.nan for s in LATENCY_STATS}
     ms = x * 1e3
-    # both percentiles from one partition: each is the same order statistics, interpolated
-    # the same way, as when asked alone
-    p90, p99 = np.percentile(ms, [90, 99]).tolist()
-    return _named_ms(name, float(ms.mean()), float(np.median(ms)), float(ms.std()), p90, p99)
+    mean, std = float(ms.mean()), float(ms.std())
+    median, p90, p99 = _median_p90_p99(ms)
+    return _named_ms(name, mean, median, std, p90, p99)
+
+
+_Q90_99 = np.true_divide(np.asarray([90, 99]), 100)  # as np.percentile turns [90, 99] into quantiles
+
+
+def _median_p90_p99(ms: np.ndarray) -> tuple[float, float, float]:
+    """np.median(ms) and np.percentile(ms, [90, 99]) from one partition of ms (reordered in
+    place) instead of two: a million ITL gaps took two full partitions. The values are
+    numpy's by construction: the same order statistics, taken and combined with numpy's own
+    operations in its order (np.median: the mean of the middle one or two; np.percentile's
+    linear method: (n - 1) q, floor, and _lerp's two-sided formula); a test compares them with
+    numpy's on arrays of every size up to a few hundred. With a NaN, numpy's own functions."""
+    n = ms.size
+    virtual = (n - 1) * _Q90_99
+    prev_f = np.floor(virtual)
+    next_f = prev_f + 1
+    above = virtual >= n - 1
+    prev_f[above] = -1
+    next_f[above] = -1
+    prev, nxt = prev_f.astype(np.intp), next_f.astype(np.intp)
+    half = n // 2
+    middle = slice(half, half + 1) if n % 2 else slice(half - 1, half + 1)
+    kth = {0, n - 1, middle.start, middle.stop - 1}
+    kth.update(int(i) % n for i in (*prev, *nxt))
+    ms.partition(sorted(kth))
+    if np.isnan(ms[-1]):
+        p90, p99 = np.percentile(ms, [90, 99]).tolist()
+        return float(np.median(ms)), p90, p99
+    gamma = np.asanyarray(virtual - prev, dtype=virtual.dtype)
+    a, b = ms[prev], ms[nxt]
+    diff = b - a
+    lerp = np.add(a, diff * gamma)
+    np.subtract(b, diff * (1 - gamma), out=lerp, where=gamma >= 0.5)
+    p90, p99 = lerp.tolist()
+    return float(np.mean(ms[middle])), p90, p99
 
 
 def _named_ms(name: str, *values: float) -> dict:
