@@ -489,7 +489,7 @@ def _median_p90_p99(ms: np.ndarray) -> tuple[float, float, float]:
     numpy's by construction: the same order statistics, taken and combined with numpy's own
     operations in its order (np.median: the mean of the middle one or two; np.percentile's
     linear method: (n - 1) q, floor, and _lerp's two-sided formula); a test compares them with
-    numpy's on arrays of every size up to a few hundred. With a NaN, numpy's own functions."""
+    numpy's at every size up to 120 and two larger, with ties. With a NaN, numpy's own functions."""
     n = ms.size
     virtual = (n - 1) * _Q90_99
     prev_f = np.floor(virtual)
