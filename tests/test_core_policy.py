@@ -693,3 +693,30 @@ def test_cache_aware_prefers_the_instance_holding_the_prefix():
     # an instance loaded beyond load_cap x least + this prompt is skipped despite its hit
     scheds[2].add(req(6, 5000, 100))
     assert r.choose(same) == 1
+
+
+def test_index_runs_keep_their_first_key_through_splits_and_checks_catch_a_stale_one():
+    """Both indexes link runs by their first key, kept beside the run's keys: splits (a
+    shorter hit, a partial eviction) keep it right, and check() fails when it is stale."""
+    p = BlockPool(10)
+    p.allocate(4)
+    p.promote([1, 2, 3, 4], 0, 4)
+    p.release([1, 2, 3, 4], [(0, 4)], 0)
+    p.acquire_cached([1, 2, 3, 4], 2)  # splits the run after two keys
+    p.allocate(8)  # evicts the unheld tail [3, 4]
+    nodes = list(p.nodes())
+    assert all(n.first == n.keys[0] for n in nodes) and len(nodes) == 1
+    p.check()
+    nodes[0].first = 99
+    with pytest.raises(AssertionError, match="out of place"):
+        p.check()
+
+    t = TierIndex("t", capacity_chunks=10, chunk_blocks=1)
+    t.begin_save([5, 6, 7], [0, 1, 2])
+    t.end_save([5, 6, 7], [0, 1, 2])
+    t.touch([5, 6, 7], 0, 1)  # a hit on the first chunk only: the run splits
+    assert sorted(n.first for n in t.nodes()) == [5, 6]
+    t.check()
+    next(n for n in t.nodes() if n.first == 6).first = 7
+    with pytest.raises(AssertionError, match="out of place"):
+        t.check()

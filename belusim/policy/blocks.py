@@ -34,10 +34,13 @@ class OutOfBlocks(Exception):
 class Node:
     """A run of consecutive chain keys starting at `depth` (blocks from the prompt's start)."""
 
-    __slots__ = ("keys", "depth", "parent", "children", "ref", "cached", "prev", "next")
+    __slots__ = ("keys", "first", "depth", "parent", "children", "ref", "cached", "prev", "next")
 
     def __init__(self, keys: Sequence[int], depth: int, parent: Node | None, ref: int = 0, cached: bool = False):
         self.keys = keys
+        # its first key, kept beside keys: the tree's links are by first key, and reading one
+        # out of an int64 array from compiled code makes a new int (about 300 instructions)
+        self.first: int = keys[0] if len(keys) else -1
         self.depth = depth
         self.parent = parent
         self.children: dict[int, Node] = {}
@@ -57,11 +60,12 @@ def _split(node: Node, k: int, keep_bottom: bool, link: bool = True) -> Node:
     keys = node.keys
     if keep_bottom:
         new = top = Node(keys[:k], node.depth, node.parent, node.ref, node.cached)
-        node.parent.children[keys[0]] = top  # type: ignore
+        node.parent.children[node.first] = top  # type: ignore
         node.keys = keys[k:]
+        node.first = node.keys[0]
         node.depth += k
         node.parent = top
-        top.children[node.keys[0]] = node
+        top.children[node.first] = node
         if link and node.prev is not None:  # top goes right after node
             nxt = node.next
             top.prev, top.next = node, nxt
@@ -72,7 +76,7 @@ def _split(node: Node, k: int, keep_bottom: bool, link: bool = True) -> Node:
     for child in bottom.children.values():
         child.parent = bottom
     node.keys = keys[:k]
-    node.children = {bottom.keys[0]: bottom}
+    node.children = {bottom.first: bottom}
     if link and node.prev is not None:  # bottom goes right before node
         prv = node.prev
         bottom.prev, bottom.next = prv, node
@@ -105,8 +109,8 @@ def walk_start(index, root, hint, names, target: int) -> tuple[Any, int]:
     if hint is not None and hint[0] is index:
         node = hint[1]
         parent, d = node.parent, node.depth
-        if (parent is not None and d <= target and d < len(names) and names[d] == node.keys[0]
-                and parent.children.get(node.keys[0]) is node):
+        if (parent is not None and d <= target and d < len(names) and names[d] == node.first
+                and parent.children.get(node.first) is node):
             return parent, d
     return root, 0
 
@@ -204,7 +208,7 @@ class BlockPool:
         total = 0
         while node is not head and total < enough:
             d, m = node.depth, len(node.keys)
-            if d < n and keys[d] == node.keys[0]:  # part of that prefix: only its blocks past n
+            if d < n and keys[d] == node.first:  # part of that prefix: only its blocks past n
                 return total + max(0, d + m - n)
             total += m
             node = node.next  # type: ignore[assignment]
@@ -280,14 +284,14 @@ class BlockPool:
             if n > count:  # its deepest `count` go; node keeps its place with the rest
                 gone = _split(node, n - count, keep_bottom=False, link=False)
                 if self._watchers:
-                    self._wake_evicted(gone.depth, gone.keys[0])
+                    self._wake_evicted(gone.depth, gone.first)
                 self._drop(gone)
                 return
             nxt: Node = node.next  # type: ignore[assignment]
             head.next, nxt.prev = nxt, head
             node.prev = node.next = None
             if self._watchers:
-                self._wake_evicted(node.depth, node.keys[0])
+                self._wake_evicted(node.depth, node.first)
             self._drop(node)
             count -= n
 
@@ -296,7 +300,7 @@ class BlockPool:
         node.cached = False
         while not node.children and not node.cached and node.parent is not None:
             parent = node.parent
-            del parent.children[node.keys[0]]
+            del parent.children[node.first]
             node.parent = None
             node = parent
 
@@ -425,7 +429,7 @@ class BlockPool:
         for node in self.nodes():
             if node.ref < 0 or (node.ref and not node.cached) or not node.keys:
                 raise AssertionError(f"bad run {node!r}")
-            if node.parent.children.get(node.keys[0]) is not node or (
+            if node.first != node.keys[0] or node.parent.children.get(node.first) is not node or (
                     node.depth != node.parent.depth + len(node.parent.keys)):
                 raise AssertionError(f"run {node!r} out of place in the tree")
             if node.cached:

@@ -29,10 +29,13 @@ GONE, PENDING, STORED = 0, 1, 2
 class TierNode:
     """A run of consecutive chunk names starting at chunk index `depth`."""
 
-    __slots__ = ("keys", "depth", "parent", "children", "state", "prev", "next")
+    __slots__ = ("keys", "first", "depth", "parent", "children", "state", "prev", "next")
 
     def __init__(self, keys: Sequence[int], depth: int, parent: TierNode | None, state: int = GONE):
         self.keys = keys
+        # its first key, kept beside keys: the tree's links are by first key, and reading one
+        # out of an int64 array from compiled code makes a new int (about 300 instructions)
+        self.first: int = keys[0] if len(keys) else -1
         self.depth = depth
         self.parent = parent
         self.children: dict[int, TierNode] = {}
@@ -51,11 +54,12 @@ def _split(node: TierNode, k: int, keep_bottom: bool, link: bool = True) -> Tier
     keys = node.keys
     if keep_bottom:
         top = TierNode(keys[:k], node.depth, node.parent, node.state)
-        node.parent.children[keys[0]] = top  # type: ignore
+        node.parent.children[node.first] = top  # type: ignore
         node.keys = keys[k:]
+        node.first = node.keys[0]
         node.depth += k
         node.parent = top
-        top.children[node.keys[0]] = node
+        top.children[node.first] = node
         if link and node.prev is not None:  # top goes right before node
             prv = node.prev
             top.prev, top.next = prv, node
@@ -66,7 +70,7 @@ def _split(node: TierNode, k: int, keep_bottom: bool, link: bool = True) -> Tier
     for child in bottom.children.values():
         child.parent = bottom
     node.keys = keys[:k]
-    node.children = {bottom.keys[0]: bottom}
+    node.children = {bottom.first: bottom}
     if link and node.prev is not None:  # bottom goes right after node
         nxt = node.next
         bottom.prev, bottom.next = node, nxt
@@ -415,7 +419,7 @@ class TierIndex:
                 if report:
                     evicted.extend(node.keys)
                 if self._watchers:
-                    self._wake_evicted(node.depth, node.keys[0])
+                    self._wake_evicted(node.depth, node.first)
                 self._drop(node)
                 break
             nxt: TierNode = node.next  # type: ignore[assignment]
@@ -424,7 +428,7 @@ class TierIndex:
             if report:
                 evicted.extend(node.keys)
             if self._watchers:
-                self._wake_evicted(node.depth, node.keys[0])
+                self._wake_evicted(node.depth, node.first)
             self._drop(node)
             count -= n
         return evicted
@@ -433,7 +437,7 @@ class TierIndex:
         node.state = GONE
         while not node.children and node.state == GONE and node.parent is not None:
             parent = node.parent
-            del parent.children[node.keys[0]]
+            del parent.children[node.first]
             node.parent = None
             node = parent
 
@@ -465,7 +469,7 @@ class TierIndex:
             prev = node
         stored = pending = 0
         for node in self.nodes():
-            if not node.keys or node.parent.children.get(node.keys[0]) is not node or (
+            if not node.keys or node.first != node.keys[0] or node.parent.children.get(node.first) is not node or (
                     node.depth != node.parent.depth + len(node.parent.keys)):
                 raise AssertionError(f"tier {self.name}: run {node!r} out of place in the tree")
             if node.state == STORED:
