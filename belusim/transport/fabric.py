@@ -35,6 +35,7 @@ class Link:
     _busy_since: float = -1.0
     series: list = field(default_factory=list)  # bytes carried per time bucket (Fabric.bucket_s wide)
     _binned: float = 0.0  # bytes_carried already put into series
+    index: int = -1  # its place in its fabric's links (add_link): _fill's lists are indexed by it
 
     def __repr__(self) -> str:
         return f"Link({self.name}, {self.capacity / 1e9:.1f} GB/s)"
@@ -85,7 +86,7 @@ class Flow:
         self.kind = kind  # its (links, cap): flows of one kind always get the same rate
 
 
-def _crosses(saturated: list[bool], links: list[int]) -> bool:
+def _crosses(saturated: list[bool], links: tuple[int, ...]) -> bool:
     for i in links:
         if saturated[i]:
             return True
@@ -109,6 +110,13 @@ class Fabric:
         # Rates by the kinds of flows in flight (see _assign_rates); a kind is a (links, cap)
         self._rates_seen: dict[tuple[int, ...], tuple[dict[int, float], float]] = {}
         self._kinds: dict[tuple[tuple[Link, ...], float], int] = {}
+        self._kind_links: list[tuple[int, ...]] = []  # by kind: its links' indexes (a link crossed twice, twice)
+        self._kind_cap: list[float] = []  # by kind: its flows' rate cap
+        # _fill's working lists, one entry per link (only the busy links' entries are read)
+        self._counts: list[int] = []
+        self._spare: list[float] = []
+        self._capacity: list[float] = []
+        self._saturated: list[bool] = []
         self._in_flight: list[int] = []  # the kinds of the active flows, sorted: the key of their rates
         self.bytes_requested = 0.0  # asked of flow()
         self.bytes_delivered = 0.0  # the sizes of the flows that finished
@@ -136,7 +144,12 @@ class Fabric:
         if not gbps > 0:
             raise ValueError(f"link {name!r} needs a positive capacity, got {gbps}")
         link = Link(name, gbps * 1e9)
+        link.index = len(self.links)
         self.links[name] = link
+        self._counts.append(0)
+        self._spare.append(0.0)
+        self._capacity.append(0.0)
+        self._saturated.append(False)
         return link
 
     def link(self, name: str) -> Link:
@@ -188,6 +201,9 @@ class Fabric:
                 started = True
             kinds = self._kinds
             kind = kinds.setdefault((path.links, cap), len(kinds))
+            if kind == len(self._kind_links):  # a new kind
+                self._kind_links.append(tuple([link.index for link in path.links]))
+                self._kind_cap.append(cap)
             f = Flow(nbytes, path.links, path.uniq, cap, t, nbytes, 0.0, now, path.repeats, kind)
             insort(self._in_flight, kind)
             for link in path.links:
@@ -358,62 +374,70 @@ class Fabric:
         key = tuple(self._in_flight)
         seen = self._rates_seen.get(key)
         if seen is None:
-            rates = self._fill(self._active)
+            rates = self._fill()
             seen = rates, min(rates.values())
             if len(self._rates_seen) >= _RATES_SEEN_MAX:
                 self._rates_seen.clear()
             self._rates_seen[key] = seen
         return seen
 
-    def _fill(self, active: list[Flow]) -> dict[int, float]:
+    def _fill(self) -> dict[int, float]:
         """Progressive filling: raise all unfrozen rates together until a link or cap binds.
         Unfrozen flows all have the same rate (they rose together from 0): it is kept once,
         in r, with each link's count of unfrozen flows crossing it (at first, every flow in
         flight: the links' crossings). Flows of one kind freeze together: each kind once,
-        taking its links' counts down by its flows' crossings. Links are numbered for the
-        call (lists, not dictionaries keyed by link); each link's arithmetic is the same."""
+        taking its links' counts down by its flows' crossings. Links are numbered once
+        (Link.index) and each kind's links with them (_kind_links), so a filling works on
+        lists it keeps, indexed by link; each link's arithmetic is the same."""
         inf = math.inf
-        where: dict[Link, int] = {}
-        counts: list[int] = []
-        spare: list[float] = []
-        capacity: list[float] = []
+        counts = self._counts
+        spare = self._spare
+        capacity = self._capacity
+        saturated = self._saturated
+        live: list[int] = []  # the links some unfrozen flow crosses
         inc = inf  # the smallest fair increment any link allows
         for link in self._busy:
-            where[link] = len(counts)
+            i = link.index
             n = link.crossings
             c = link.capacity
-            counts.append(n)
-            spare.append(c)
-            capacity.append(c)
+            counts[i] = n
+            spare[i] = c
+            capacity[i] = c
+            live.append(i)
             v = c / n
             if v < inc:
                 inc = v
-        # each kind once: (kind, cap, the numbers of its links, its flows in flight)
-        flows_of: dict[int, int] = {}
-        first: dict[int, Flow] = {}
-        for f in active:
-            k = f.kind
-            if k in flows_of:
-                flows_of[k] += 1
-            else:
-                flows_of[k] = 1
-                first[k] = f
-        unfrozen = [(k, f.cap, [where[link] for link in f.links], flows_of[k]) for k, f in first.items()]
-        live = list(range(len(counts)))  # the links some unfrozen flow crosses
+        # each kind once, (kind, cap, its links' indexes, its flows in flight), from the sorted
+        # kinds in flight; the order of kinds changes no rate (every step below is a minimum,
+        # a test per kind or an integer count)
+        kind_links = self._kind_links
+        caps = self._kind_cap
+        unfrozen: list[tuple[int, float, tuple[int, ...], int]] = []
+        in_flight = self._in_flight
+        j, n_in = 0, len(in_flight)
+        while j < n_in:
+            k = in_flight[j]
+            j0 = j
+            j += 1
+            while j < n_in and in_flight[j] == k:
+                j += 1
+            unfrozen.append((k, caps[k], kind_links[k], j - j0))
         rates: dict[int, float] = {}
         r = 0.0
         while True:
             cap = min([u[1] for u in unfrozen])
             inc = max(min(inc, cap - r), 0.0)
             r += inc
-            saturated = [False] * len(counts)
             any_saturated = False
             for i in live:
                 left = spare[i] = spare[i] - inc * counts[i]
                 if left <= capacity[i] * 1e-12:
                     saturated[i] = True
                     any_saturated = True
-            # freeze flows on saturated links or at their caps
+                else:
+                    saturated[i] = False
+            # freeze flows on saturated links or at their caps (an unfrozen kind's links are
+            # all live, so their saturated entries are this round's)
             keep = []
             frozen = []
             for u in unfrozen:
