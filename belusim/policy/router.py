@@ -60,19 +60,16 @@ class Router:
 
     def least_loaded(self, floors: list[int], load_of) -> int:
         """What choose() answers for least-loaded routing (the first index of the least
-        load), asking load_of(i) for an instance's load only while its floor (a lower bound,
-        exact for an instance not in a decode stretch) could still beat or tie the best
-        found: floors are visited lowest first (ties by index), so the first floor above
-        the best ends the search."""
-        best_i, best = 0, None
-        for i in sorted(range(len(floors)), key=floors.__getitem__):
-            if best is not None:
-                floor = floors[i]
-                if floor > best:
-                    break
-                if floor == best and i > best_i:
-                    continue  # at best it ties, and a lower index holds the tie
+        load), asking load_of(i) for an instance's load only where its floor (a lower bound,
+        exact for an instance not in a decode stretch) is below the least load found so far:
+        visited in index order, one at or above it could at best tie, and a lower index
+        holds the tie. One pass, no sorting (an arrival on 64 instances sorted 64 floors)."""
+        best_i, best = 0, 0
+        found = False
+        for i in range(len(floors)):
+            if found and floors[i] >= best:
+                continue
             load = load_of(i)
-            if best is None or load < best or (load == best and i < best_i):
-                best_i, best = i, load
+            if not found or load < best:
+                best_i, best, found = i, load, True
         return best_i
