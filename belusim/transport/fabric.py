@@ -35,7 +35,11 @@ class Link:
     _busy_since: float = -1.0
     series: list = field(default_factory=list)  # bytes carried per time bucket (Fabric.bucket_s wide)
     _binned: float = 0.0  # bytes_carried already put into series
-    index: int = -1  # its place in its fabric's links (add_link): _fill's lists are indexed by it
+    # Progressive filling's working values (Fabric._fill), kept on the link: compiled, native
+    # fields hold them unboxed, where lists indexed by link made a float object per update
+    fill_count: int = 0  # crossings by flows not yet frozen
+    fill_spare: float = 0.0  # capacity not yet given out
+    fill_saturated: bool = False
 
     def __repr__(self) -> str:
         return f"Link({self.name}, {self.capacity / 1e9:.1f} GB/s)"
@@ -86,9 +90,9 @@ class Flow:
         self.kind = kind  # its (links, cap): flows of one kind always get the same rate
 
 
-def _crosses(saturated: list[bool], links: tuple[int, ...]) -> bool:
-    for i in links:
-        if saturated[i]:
+def _crosses_saturated(links: tuple[Link, ...]) -> bool:
+    for link in links:
+        if link.fill_saturated:
             return True
     return False
 
@@ -110,13 +114,8 @@ class Fabric:
         # Rates by the kinds of flows in flight (see _assign_rates); a kind is a (links, cap)
         self._rates_seen: dict[tuple[int, ...], tuple[dict[int, float], float]] = {}
         self._kinds: dict[tuple[tuple[Link, ...], float], int] = {}
-        self._kind_links: list[tuple[int, ...]] = []  # by kind: its links' indexes (a link crossed twice, twice)
+        self._kind_links: list[tuple[Link, ...]] = []  # by kind: its links (a link crossed twice, twice)
         self._kind_cap: list[float] = []  # by kind: its flows' rate cap
-        # _fill's working lists, one entry per link (only the busy links' entries are read)
-        self._counts: list[int] = []
-        self._spare: list[float] = []
-        self._capacity: list[float] = []
-        self._saturated: list[bool] = []
         self._in_flight: list[int] = []  # the kinds of the active flows, sorted: the key of their rates
         self.bytes_requested = 0.0  # asked of flow()
         self.bytes_delivered = 0.0  # the sizes of the flows that finished
@@ -144,12 +143,7 @@ class Fabric:
         if not gbps > 0:
             raise ValueError(f"link {name!r} needs a positive capacity, got {gbps}")
         link = Link(name, gbps * 1e9)
-        link.index = len(self.links)
         self.links[name] = link
-        self._counts.append(0)
-        self._spare.append(0.0)
-        self._capacity.append(0.0)
-        self._saturated.append(False)
         return link
 
     def link(self, name: str) -> Link:
@@ -202,7 +196,7 @@ class Fabric:
             kinds = self._kinds
             kind = kinds.setdefault((path.links, cap), len(kinds))
             if kind == len(self._kind_links):  # a new kind
-                self._kind_links.append(tuple([link.index for link in path.links]))
+                self._kind_links.append(path.links)
                 self._kind_cap.append(cap)
             f = Flow(nbytes, path.links, path.uniq, cap, t, nbytes, 0.0, now, path.repeats, kind)
             insort(self._in_flight, kind)
@@ -386,33 +380,27 @@ class Fabric:
         Unfrozen flows all have the same rate (they rose together from 0): it is kept once,
         in r, with each link's count of unfrozen flows crossing it (at first, every flow in
         flight: the links' crossings). Flows of one kind freeze together: each kind once,
-        taking its links' counts down by its flows' crossings. Links are numbered once
-        (Link.index) and each kind's links with them (_kind_links), so a filling works on
-        lists it keeps, indexed by link; each link's arithmetic is the same."""
+        taking its links' counts down by its flows' crossings. The working values live on
+        the links (Link.fill_*), each kind's links and cap are kept from its first flow
+        (_kind_links, _kind_cap); each link's arithmetic is the same."""
         inf = math.inf
-        counts = self._counts
-        spare = self._spare
-        capacity = self._capacity
-        saturated = self._saturated
-        live: list[int] = []  # the links some unfrozen flow crosses
+        live: list[Link] = []  # the links some unfrozen flow crosses
         inc = inf  # the smallest fair increment any link allows
         for link in self._busy:
-            i = link.index
             n = link.crossings
             c = link.capacity
-            counts[i] = n
-            spare[i] = c
-            capacity[i] = c
-            live.append(i)
+            link.fill_count = n
+            link.fill_spare = c
+            live.append(link)
             v = c / n
             if v < inc:
                 inc = v
-        # each kind once, (kind, cap, its links' indexes, its flows in flight), from the sorted
-        # kinds in flight; the order of kinds changes no rate (every step below is a minimum,
-        # a test per kind or an integer count)
+        # each kind once, (kind, cap, its links, its flows in flight), from the sorted kinds
+        # in flight; the order of kinds changes no rate (every step below is a minimum, a
+        # test per kind or an integer count)
         kind_links = self._kind_links
         caps = self._kind_cap
-        unfrozen: list[tuple[int, float, tuple[int, ...], int]] = []
+        unfrozen: list[tuple[int, float, tuple[Link, ...], int]] = []
         in_flight = self._in_flight
         j, n_in = 0, len(in_flight)
         while j < n_in:
@@ -429,20 +417,21 @@ class Fabric:
             inc = max(min(inc, cap - r), 0.0)
             r += inc
             any_saturated = False
-            for i in live:
-                left = spare[i] = spare[i] - inc * counts[i]
-                if left <= capacity[i] * 1e-12:
-                    saturated[i] = True
+            for link in live:
+                left = link.fill_spare - inc * link.fill_count
+                link.fill_spare = left
+                if left <= link.capacity * 1e-12:
+                    link.fill_saturated = True
                     any_saturated = True
                 else:
-                    saturated[i] = False
+                    link.fill_saturated = False
             # freeze flows on saturated links or at their caps (an unfrozen kind's links are
-            # all live, so their saturated entries are this round's)
+            # all live, so their fill_saturated is this round's)
             keep = []
             frozen = []
             for u in unfrozen:
                 ucap = u[1]
-                if (ucap < inf and ucap - r <= ucap * 1e-12) or (any_saturated and _crosses(saturated, u[2])):
+                if (ucap < inf and ucap - r <= ucap * 1e-12) or (any_saturated and _crosses_saturated(u[2])):
                     rates[u[0]] = r
                     frozen.append(u)
                 else:
@@ -452,12 +441,12 @@ class Fabric:
             unfrozen = keep
             for u in frozen:
                 m = u[3]
-                for i in u[2]:
-                    counts[i] -= m
-            live = [i for i in live if counts[i]]
+                for link in u[2]:
+                    link.fill_count -= m
+            live = [link for link in live if link.fill_count]
             inc = inf
-            for i in live:
-                v = spare[i] / counts[i]
+            for link in live:
+                v = link.fill_spare / link.fill_count
                 if v < inc:
                     inc = v
         for u in keep:
