@@ -73,7 +73,9 @@ class Instance:
             self._kernel_links = [r.kernel_link_load for r in (place.ranks or [place])]
         self.tier_peers: dict[int, Instance] = {}  # instances sharing this one's tier, by index (set by the cluster)
         self._in_stretch = False
-        self._stretch: tuple | None = None  # (plan, start, _StretchClock, steps) of the decode stretch running
+        # (plan, start, clock, steps) of the decode stretch running; typed, so that compiled
+        # code reads its parts natively (the router asks load_now() of every instance)
+        self._stretch: tuple[StepPlan, float, _StretchClock, int] | None = None
         # The most tokens the running stretch can take off the load before it ends (0 when
         # none runs): load_now() >= sched.outstanding_tokens - stretch_drop, for the router.
         self.stretch_drop = 0
@@ -286,7 +288,9 @@ class Instance:
     def _stretch_steps_done(self) -> int:
         """Steps of the running stretch that have ended by now (not its last one, whose
         end applies it)."""
-        _plan, start, clock, k = self._stretch  # type: ignore
+        stretch = self._stretch
+        assert stretch is not None
+        _plan, start, clock, k = stretch
         return clock.steps_done(self.env.now - start, k)
 
     def load_now(self) -> int:
