@@ -64,12 +64,11 @@ class Router:
         exact for an instance not in a decode stretch) is below the least load found so far:
         visited in index order, one at or above it could at best tie, and a lower index
         holds the tie. One pass, no sorting (an arrival on 64 instances sorted 64 floors)."""
-        best_i, best = 0, 0
-        found = False
-        for i in range(len(floors)):
-            if found and floors[i] >= best:
-                continue
-            load = load_of(i)
-            if not found or load < best:
-                best_i, best, found = i, load, True
+        best_i = 0
+        best: int = load_of(0)  # typed: compiled, the comparisons below stay on ints
+        for i in range(1, len(floors)):
+            if floors[i] < best:
+                load = load_of(i)
+                if load < best:
+                    best_i, best = i, load
         return best_i

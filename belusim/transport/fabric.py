@@ -114,8 +114,7 @@ class Fabric:
         # Rates by the kinds of flows in flight (see _assign_rates); a kind is a (links, cap)
         self._rates_seen: dict[tuple[int, ...], tuple[dict[int, float], float]] = {}
         self._kinds: dict[tuple[tuple[Link, ...], float], int] = {}
-        self._kind_links: list[tuple[Link, ...]] = []  # by kind: its links (a link crossed twice, twice)
-        self._kind_cap: list[float] = []  # by kind: its flows' rate cap
+        self._kind_keys: list[tuple[tuple[Link, ...], float]] = []  # by kind: its (links, cap)
         self._in_flight: list[int] = []  # the kinds of the active flows, sorted: the key of their rates
         self.bytes_requested = 0.0  # asked of flow()
         self.bytes_delivered = 0.0  # the sizes of the flows that finished
@@ -193,11 +192,11 @@ class Fabric:
             if not started:
                 self._advance()
                 started = True
-            kinds = self._kinds
-            kind = kinds.setdefault((path.links, cap), len(kinds))
-            if kind == len(self._kind_links):  # a new kind
-                self._kind_links.append(path.links)
-                self._kind_cap.append(cap)
+            key = (path.links, cap)
+            kind = self._kinds.get(key)
+            if kind is None:
+                kind = self._kinds[key] = len(self._kind_keys)
+                self._kind_keys.append(key)
             f = Flow(nbytes, path.links, path.uniq, cap, t, nbytes, 0.0, now, path.repeats, kind)
             insort(self._in_flight, kind)
             for link in path.links:
@@ -382,7 +381,7 @@ class Fabric:
         flight: the links' crossings). Flows of one kind freeze together: each kind once,
         taking its links' counts down by its flows' crossings. The working values live on
         the links (Link.fill_*), each kind's links and cap are kept from its first flow
-        (_kind_links, _kind_cap); each link's arithmetic is the same."""
+        (_kind_keys); each link's arithmetic is the same."""
         inf = math.inf
         live: list[Link] = []  # the links some unfrozen flow crosses
         inc = inf  # the smallest fair increment any link allows
@@ -398,8 +397,7 @@ class Fabric:
         # each kind once, (kind, cap, its links, its flows in flight), from the sorted kinds
         # in flight; the order of kinds changes no rate (every step below is a minimum, a
         # test per kind or an integer count)
-        kind_links = self._kind_links
-        caps = self._kind_cap
+        kind_keys = self._kind_keys
         unfrozen: list[tuple[int, float, tuple[Link, ...], int]] = []
         in_flight = self._in_flight
         j, n_in = 0, len(in_flight)
@@ -409,7 +407,8 @@ class Fabric:
             j += 1
             while j < n_in and in_flight[j] == k:
                 j += 1
-            unfrozen.append((k, caps[k], kind_links[k], j - j0))
+            links, kind_cap = kind_keys[k]
+            unfrozen.append((k, kind_cap, links, j - j0))
         rates: dict[int, float] = {}
         r = 0.0
         while True:
